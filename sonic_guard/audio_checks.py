@@ -1,0 +1,137 @@
+"""Validation of audio inputs: every failure says what was wrong, what was expected and how to fix it."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadAudioError
+
+logger = logging.getLogger(__name__)
+
+TARGET_SAMPLE_RATE = 16000
+# Sonic generates one frame per two 25 fps audio frames (640 samples each at 16 kHz): 80 ms is one frame.
+MIN_AUDIO_S = 0.08
+RECOMMENDED_MIN_S = 1.0
+DEFAULT_MAX_DURATION_S = 600.0
+SILENCE_PEAK = 1e-4
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 768000
+
+# Files that are certainly not audio: say "unsupported format" instead of a raw ffmpeg error.
+_NOT_AUDIO_SUFFIXES = frozenset(
+    ".png .jpg .jpeg .webp .bmp .gif .tif .tiff .txt .json .yaml .yml .csv .md .pdf .zip .safetensors .pt "
+    ".pth .ckpt .bin .py".split()
+)
+_AUDIO_FIX = "use a speech recording in wav, mp3, flac, m4a or ogg (or a video file with an audio track)"
+
+
+def check_file_before_decoding(path: Path, max_duration_s: float | None) -> None:
+    """Cheap checks before ffmpeg runs: missing, empty, obviously not audio, far too long."""
+    if not path.is_file():
+        raise BadAudioError(
+            problem=f"The audio file {path} does not exist",
+            expected="an existing audio file",
+            fix="check the file name, or upload the audio again",
+        )
+    if path.stat().st_size == 0:
+        raise BadAudioError(
+            problem=f"The audio file {path.name} is empty (0 bytes)",
+            expected="a file containing recorded audio",
+            fix="re-export or re-upload the audio; the upload or copy probably failed",
+        )
+    if path.suffix.lower() in _NOT_AUDIO_SUFFIXES:
+        raise BadAudioError(
+            problem=f"{path.name} is a {path.suffix.lower()} file, which is not an audio format",
+            expected="an audio file",
+            fix=_AUDIO_FIX,
+        )
+    if max_duration_s is not None:
+        probed = _probe_duration(path)
+        if probed is not None and probed > max_duration_s:
+            raise too_long(probed, max_duration_s, path.name)
+
+
+def _probe_duration(path: Path) -> float | None:
+    """Duration from ffprobe's container header, so a 3-hour file is refused before it is decoded."""
+    from pydub.utils import mediainfo
+
+    try:
+        value = mediainfo(str(path)).get("duration")
+        return float(value) if value not in (None, "", "N/A") else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+def decode_failure(path: Path, detail: str) -> BadAudioError:
+    """The error for a file ffmpeg cannot read, with ffmpeg's most useful line."""
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    useful = [line for line in lines if "error" in line.lower() or "invalid" in line.lower()]
+    summary = (useful or lines or ["no details"])[-1][:200]
+    return BadAudioError(
+        problem=f"Could not decode the audio file {path.name}: it is corrupt or not in an audio format ffmpeg reads "
+        f"(ffmpeg: {summary})",
+        expected="a complete, playable audio file",
+        fix=f"check that the file plays in a media player, re-export it, or {_AUDIO_FIX}",
+    )
+
+
+def too_long(duration_s: float, max_duration_s: float, source: str) -> BadAudioError:
+    return BadAudioError(
+        problem=f"The audio ({source}) is {duration_s:.1f} s long, over the {max_duration_s:g} s limit",
+        expected=f"at most {max_duration_s:g} s ({max_duration_s / 60:g} min)",
+        fix="set a shorter duration, cut the audio into segments and generate them one by one, "
+        "or raise the max audio seconds setting if you really want one long video",
+    )
+
+
+def check_decoded(samples: np.ndarray, rate: int, source: str, max_duration_s: float | None) -> None:
+    """Checks on decoded float samples shaped (channels, time) at their own rate."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise BadAudioError(
+            problem=f"The audio ({source}) has a sample rate of {rate} Hz",
+            expected=f"between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz (e.g. 16000, 44100, 48000)",
+            fix="resample the audio to 44100 or 48000 Hz",
+        )
+    if samples.size == 0 or samples.shape[-1] == 0:
+        raise BadAudioError(
+            problem=f"The audio ({source}) contains no samples",
+            expected="a recording at least 1 s long",
+            fix="check that the file really has an audio track with sound in it",
+        )
+    bad = int(np.count_nonzero(~np.isfinite(samples)))
+    if bad:
+        raise BadAudioError(
+            problem=f"The audio ({source}) contains {bad} NaN or infinite sample values out of {samples.size}",
+            expected="finite sample values between -1 and 1",
+            fix="the audio was corrupted by an earlier node or export; re-export it or check the node before",
+        )
+    duration = samples.shape[-1] / rate
+    if duration < MIN_AUDIO_S:
+        raise BadAudioError(
+            problem=f"The audio ({source}) lasts only {duration * 1000:.0f} ms, too short for one video frame",
+            expected=f"at least {MIN_AUDIO_S * 1000:.0f} ms; {RECOMMENDED_MIN_S:g} s or more for visible lip sync",
+            fix="use a longer speech recording",
+        )
+    if max_duration_s is not None and duration > max_duration_s:
+        raise too_long(duration, max_duration_s, source)
+
+
+def check_playable(waveform_16k: np.ndarray, source: str, notes: list[str] | None) -> None:
+    """Refuse silence (lip sync needs speech); add a note when the audio is shorter than recommended."""
+    peak = float(np.max(np.abs(waveform_16k))) if waveform_16k.size else 0.0
+    if peak < SILENCE_PEAK:
+        raise BadAudioError(
+            problem=f"The audio ({source}) is silent (peak level {peak:.1e})",
+            expected="speech or singing: lip sync follows the voice",
+            fix="use a recording with audible speech, or check the volume and the duration setting",
+        )
+    seconds = waveform_16k.shape[0] / TARGET_SAMPLE_RATE
+    if notes is not None and seconds < RECOMMENDED_MIN_S:
+        notes.append(
+            f"The audio is only {seconds:.2f} s long; at least {RECOMMENDED_MIN_S:g} s gives visible lip sync."
+        )
+        logger.warning(notes[-1])

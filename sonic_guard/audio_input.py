@@ -1,0 +1,233 @@
+"""Audio input: decode a file or a ComfyUI AUDIO dict into 16 kHz mono for Whisper, plus a mux copy.
+
+The 16 kHz mono waveform feeds the feature extractor (the reference uses `librosa.load(sr=16000)`);
+`original_waveform` keeps the user's own rate and (at most two) channels so the video writer can mux
+the audio at its own quality.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from .audio_checks import (
+    DEFAULT_MAX_DURATION_S,
+    MIN_AUDIO_S,
+    TARGET_SAMPLE_RATE,
+    check_decoded,
+    check_file_before_decoding,
+    check_playable,
+    decode_failure,
+)
+from .errors import BadAudioError, BadInputError
+
+logger = logging.getLogger(__name__)
+
+# 5.1 in the WAV/ffmpeg channel order FL FR FC LFE BL BR: centre and surrounds at -3 dB, LFE dropped.
+_SURROUND_GAIN = 0.7071
+_FIVE_ONE_TO_STEREO = np.array(
+    [
+        [1.0, 0.0, _SURROUND_GAIN, 0.0, _SURROUND_GAIN, 0.0],
+        [0.0, 1.0, _SURROUND_GAIN, 0.0, 0.0, _SURROUND_GAIN],
+    ],
+    dtype=np.float32,
+) / (1.0 + 2 * _SURROUND_GAIN)
+
+
+@dataclass(frozen=True)
+class LoadedAudio:
+    """Decoded audio: `waveform` is float32 mono at 16 kHz; the rest describes the original."""
+
+    waveform: np.ndarray
+    sample_rate: int
+    channels: int
+    duration_s: float
+    source: str
+    original_waveform: np.ndarray
+    notes: tuple[str, ...] = ()
+
+    @property
+    def original_sample_rate(self) -> int:
+        """Rate of `original_waveform` (the user's own rate)."""
+        return self.sample_rate
+
+
+def load_audio_file(path: Path, *, max_duration_s: float | None = DEFAULT_MAX_DURATION_S) -> LoadedAudio:
+    """Decode any file ffmpeg reads (mp3, wav, flac, m4a, ogg, ...) through pydub."""
+    from pydub import AudioSegment
+    from pydub.exceptions import CouldntDecodeError
+
+    path = Path(path)
+    check_file_before_decoding(path, max_duration_s)
+    try:
+        segment = AudioSegment.from_file(str(path))
+    except CouldntDecodeError as exc:
+        raise decode_failure(path, str(exc)) from exc
+    except (IndexError, KeyError, ValueError, EOFError) as exc:
+        # pydub indexes ffprobe's stream list: a file with no audio stream fails here.
+        raise decode_failure(path, f"no audio stream found ({type(exc).__name__})") from exc
+    except subprocess.SubprocessError as exc:
+        raise decode_failure(path, str(exc)) from exc
+    except FileNotFoundError as exc:
+        raise BadAudioError(
+            problem=f"Could not run ffmpeg to decode {path.name} ({exc})",
+            expected="ffmpeg and ffprobe on the PATH",
+            fix="install ffmpeg (e.g. `apt install ffmpeg`, `brew install ffmpeg`, or add ffmpeg.exe to PATH)",
+        ) from exc
+    samples = _segment_to_array(segment)
+    return _build(samples, int(segment.frame_rate), f"file {path.name}", (), max_duration_s)
+
+
+def audio_from_comfy(
+    audio: Mapping, *, max_duration_s: float | None = DEFAULT_MAX_DURATION_S
+) -> LoadedAudio:
+    """Convert ComfyUI's AUDIO dict {"waveform": Tensor[B, C, T], "sample_rate": int}."""
+    if not isinstance(audio, Mapping) or "waveform" not in audio or "sample_rate" not in audio:
+        raise BadAudioError(
+            problem="The audio input is not a ComfyUI AUDIO value",
+            expected='a dict with "waveform" (tensor [batch, channels, samples]) and "sample_rate"',
+            fix="connect the output of a Load Audio node (or another node that returns AUDIO)",
+        )
+    waveform = audio["waveform"]
+    rate = audio["sample_rate"]
+    if hasattr(waveform, "detach"):
+        waveform = waveform.detach().to("cpu").float().numpy()
+    array = np.asarray(waveform, dtype=np.float32)
+    notes: list[str] = []
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise BadAudioError(
+            problem=f"The AUDIO waveform has shape {tuple(array.shape)}",
+            expected="shape [batch >= 1, channels >= 1, samples]",
+            fix="connect a Load Audio node output directly, or re-save the audio as a wav file",
+        )
+    if array.shape[0] > 1:
+        notes.append(f"The AUDIO input holds a batch of {array.shape[0]} clips; only the first is used.")
+        logger.warning(notes[-1])
+    try:
+        rate_int = int(rate)
+    except (TypeError, ValueError) as exc:
+        raise BadAudioError(
+            problem=f"The AUDIO sample rate {rate!r} is not a number",
+            expected="a positive integer sample rate such as 44100",
+            fix="connect a Load Audio node output directly",
+        ) from exc
+    return _build(array[0], rate_int, "ComfyUI AUDIO input", tuple(notes), max_duration_s)
+
+
+def fit_duration(audio: LoadedAudio, duration: float | None) -> tuple[LoadedAudio, str]:
+    """Trim or pad with silence to `duration` seconds; None or 0 keeps the whole audio. Always says what it did."""
+    if duration is None or duration == 0:
+        return audio, f"Using the whole audio: {audio.duration_s:.2f} s."
+    if not np.isfinite(duration) or duration < 0:
+        raise BadInputError(
+            problem=f"The duration {duration!r} is not usable",
+            expected="0 (use the whole audio) or a positive number of seconds",
+            fix="set duration to 0 for automatic, or to the number of seconds to generate",
+        )
+    if duration < MIN_AUDIO_S:
+        raise BadInputError(
+            problem=f"The duration {duration:g} s is shorter than one generated frame ({MIN_AUDIO_S * 1000:.0f} ms)",
+            expected=f"at least {MIN_AUDIO_S:g} s, ideally 1 s or more",
+            fix="raise the duration, or set it to 0 to use the whole audio",
+        )
+    target = int(round(duration * TARGET_SAMPLE_RATE))
+    target_original = int(round(duration * audio.sample_rate))
+    current = audio.waveform.shape[0]
+    if target == current:
+        return audio, f"Using the whole audio: {audio.duration_s:.2f} s (matches the requested duration)."
+    waveform = _fit_length(audio.waveform[None], target)[0]
+    original = _fit_length(audio.original_waveform, target_original)
+    fitted = replace(audio, waveform=waveform, original_waveform=original, duration_s=target / TARGET_SAMPLE_RATE)
+    if target < current:
+        check_playable(waveform, f"the first {duration:g} s of the audio", None)
+        message = (
+            f"Trimmed the audio from {audio.duration_s:.2f} s to {fitted.duration_s:.2f} s "
+            f"(the duration setting); the last {audio.duration_s - fitted.duration_s:.2f} s are not used."
+        )
+    else:
+        message = (
+            f"Padded the audio from {audio.duration_s:.2f} s to {fitted.duration_s:.2f} s with "
+            f"{fitted.duration_s - audio.duration_s:.2f} s of silence at the end (the duration setting); "
+            "the face stays quiet during the silence."
+        )
+    logger.info(message)
+    return fitted, message
+
+
+def _fit_length(channels_first: np.ndarray, length: int) -> np.ndarray:
+    current = channels_first.shape[1]
+    if length <= current:
+        return np.ascontiguousarray(channels_first[:, :length])
+    padding = np.zeros((channels_first.shape[0], length - current), dtype=np.float32)
+    return np.concatenate([channels_first, padding], axis=1)
+
+
+def _segment_to_array(segment: object) -> np.ndarray:
+    """pydub raw data (signed little-endian ints, 24-bit already widened to 32) -> float32 (C, T)."""
+    width = int(segment.sample_width)  # type: ignore[attr-defined]
+    dtypes = {1: np.int8, 2: np.int16, 4: np.int32}
+    if width not in dtypes:
+        raise BadAudioError(
+            problem=f"The decoded audio has an unsupported sample width of {width} bytes",
+            expected="8, 16, 24 or 32-bit samples",
+            fix="convert the file to 16-bit wav (e.g. `ffmpeg -i in -c:a pcm_s16le out.wav`)",
+        )
+    ints = np.frombuffer(segment.raw_data, dtype=dtypes[width])  # type: ignore[attr-defined]
+    channels = int(segment.channels)  # type: ignore[attr-defined]
+    frames = ints.shape[0] // channels
+    scale = float(2 ** (8 * width - 1))
+    return (ints[: frames * channels].reshape(frames, channels).T.astype(np.float32)) / scale
+
+
+def _build(
+    samples: np.ndarray, rate: int, source: str, notes: tuple[str, ...], max_duration_s: float | None
+) -> LoadedAudio:
+    """Validate (C, T) float samples, keep a <=2-channel copy, and make 16 kHz mono."""
+    check_decoded(samples, rate, source, max_duration_s)
+    channels = samples.shape[0]
+    original = _to_at_most_stereo(samples)
+    mono = original.mean(axis=0) if original.shape[0] > 1 else original[0]
+    waveform = resample_to_16k(mono, rate)
+    notes_list = list(notes)
+    if channels > 2:
+        notes_list.append(f"Mixed {channels} audio channels down to stereo (kept for the video) and mono (for lip sync).")
+    check_playable(waveform, source, notes_list)
+    return LoadedAudio(
+        waveform=waveform,
+        sample_rate=rate,
+        channels=channels,
+        duration_s=waveform.shape[0] / TARGET_SAMPLE_RATE,
+        source=source,
+        original_waveform=np.ascontiguousarray(original, dtype=np.float32),
+        notes=tuple(notes_list),
+    )
+
+
+def _to_at_most_stereo(samples: np.ndarray) -> np.ndarray:
+    channels = samples.shape[0]
+    if channels <= 2:
+        return samples.astype(np.float32, copy=False)
+    if channels == 6:
+        return (_FIVE_ONE_TO_STEREO @ samples).astype(np.float32)
+    # Unknown layout: the same average on both sides is the only order-independent choice.
+    mono = samples.mean(axis=0, dtype=np.float32)
+    return np.stack([mono, mono])
+
+
+def resample_to_16k(mono: np.ndarray, rate: int) -> np.ndarray:
+    """Polyphase resampling to 16 kHz (exact for 8 k, 22.05 k, 44.1 k, 48 k, 192 k ...)."""
+    mono = np.asarray(mono, dtype=np.float32)
+    if rate == TARGET_SAMPLE_RATE:
+        return mono.copy()
+    divisor = gcd(TARGET_SAMPLE_RATE, rate)
+    resampled = resample_poly(mono, TARGET_SAMPLE_RATE // divisor, rate // divisor)
+    return np.ascontiguousarray(resampled, dtype=np.float32)

@@ -1,0 +1,181 @@
+"""SonicUNet: the SVD-xt spatio-temporal UNet with Sonic's audio cross-attention.
+
+The modules are diffusers' `UNetSpatioTemporalConditionModel` children (so the state dict has the official
+unet.pth names); the forward walk is ours so that every transformer gets the CLIP + audio context, the face mask
+and the feed-forward chunking.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
+from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemporalConditionModel
+from torch import Tensor, nn
+
+from .unet_attention import CrossContext, SonicAudioAttnProcessor
+from .unet_transformer import transformer_forward
+
+logger = logging.getLogger(__name__)
+
+SVD_XT_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 96,
+    "in_channels": 8,
+    "out_channels": 4,
+    "down_block_types": [
+        "CrossAttnDownBlockSpatioTemporal",
+        "CrossAttnDownBlockSpatioTemporal",
+        "CrossAttnDownBlockSpatioTemporal",
+        "DownBlockSpatioTemporal",
+    ],
+    "up_block_types": [
+        "UpBlockSpatioTemporal",
+        "CrossAttnUpBlockSpatioTemporal",
+        "CrossAttnUpBlockSpatioTemporal",
+        "CrossAttnUpBlockSpatioTemporal",
+    ],
+    "block_out_channels": [320, 640, 1280, 1280],
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 768,
+    "layers_per_block": 2,
+    "cross_attention_dim": 1024,
+    "transformer_layers_per_block": 1,
+    "num_attention_heads": [5, 10, 20, 20],
+    "num_frames": 25,
+}
+
+_INIT_KEYS = frozenset(SVD_XT_UNET_CONFIG)
+
+
+def unet_init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep only the constructor arguments (config.json also holds `_class_name`, `_diffusers_version`, ...)."""
+    kwargs = {key: value for key, value in config.items() if key in _INIT_KEYS}
+    for key in ("down_block_types", "up_block_types", "block_out_channels", "num_attention_heads"):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    return kwargs
+
+
+class SonicUNet(nn.Module):
+    """SVD-xt UNet + audio cross-attention; forward on (B, F, 8, h, w) -> (B, F, 4, h, w) v-prediction."""
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = dict(SVD_XT_UNET_CONFIG if config is None else config)
+        base = UNetSpatioTemporalConditionModel(**unet_init_kwargs(self.config))
+        for name, child in base.named_children():
+            self.add_module(name, child)
+        self.num_upsamplers = sum(1 for block in self.up_blocks if block.upsamplers is not None)
+        self.ip_audio_scale: float = 1.0
+        self.feed_forward_chunks: int | None = None
+        cross_dim = int(self.config["cross_attention_dim"])
+        for module in self.modules():
+            if isinstance(module, TransformerSpatioTemporalModel):
+                for block in (*module.transformer_blocks, *module.temporal_transformer_blocks):
+                    block.attn2.set_processor(SonicAudioAttnProcessor(block.attn2.inner_dim, cross_dim))
+
+    def set_feed_forward_chunking(self, chunk: int | None) -> None:
+        """Split every feed-forward into `chunk` pieces along the tokens (None or 1: off); results are equal."""
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"feed-forward chunk count must be >= 1 or None, got {chunk}")
+        self.feed_forward_chunks = chunk
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    def _time_embedding(self, timestep: Tensor | float, added_time_ids: Tensor, batch: int, device: torch.device,
+                        dtype: torch.dtype) -> Tensor:
+        if not torch.is_tensor(timestep):
+            timestep = torch.tensor([float(timestep)], dtype=torch.float32, device=device)
+        timestep = timestep.reshape(-1).to(device).expand(batch)
+        emb = self.time_embedding(self.time_proj(timestep).to(dtype))
+        added = self.add_time_proj(added_time_ids.flatten()).reshape(batch, -1).to(dtype)
+        return emb + self.add_embedding(added)
+
+    def forward(
+        self,
+        sample: Tensor,
+        timestep: Tensor | float,
+        clip_embeds: Tensor,
+        audio_tokens: Tensor,
+        added_time_ids: Tensor,
+        face_mask: Tensor | None = None,
+    ) -> Tensor:
+        """sample (B, F, 8, h, w), clip_embeds (B, 1, D), audio_tokens (B, F, T, D), added_time_ids (B, 3),
+        face_mask (1, 1, H, W) in [0, 1] or None -> (B, F, 4, h, w)."""
+        batch, frames = sample.shape[:2]
+        dtype, device = self.dtype, sample.device
+        sample = sample.to(dtype)
+        clip_embeds = clip_embeds.to(dtype).reshape(batch, -1, clip_embeds.shape[-1])
+        audio_tokens = audio_tokens.to(dtype)
+        if audio_tokens.shape[:2] != (batch, frames):
+            raise ValueError(f"audio_tokens {tuple(audio_tokens.shape)} do not match sample batch/frames "
+                             f"({batch}, {frames})")
+
+        emb = self._time_embedding(timestep, added_time_ids, batch, device, dtype)
+        emb = emb.repeat_interleave(frames, dim=0)
+        ctx = CrossContext(
+            batch=batch,
+            frames=frames,
+            clip_frames=clip_embeds.repeat_interleave(frames, dim=0),
+            audio_frames=audio_tokens.flatten(0, 1),
+            clip_window=clip_embeds.repeat_interleave(frames, dim=0).reshape(batch, frames, *clip_embeds.shape[1:])
+            .mean(dim=1),
+            audio_window=audio_tokens.mean(dim=1),
+            face_mask=None if face_mask is None else face_mask.reshape(1, 1, *face_mask.shape[-2:]),
+            audio_scale=float(self.ip_audio_scale),
+            ff_chunks=self.feed_forward_chunks,
+        )
+        indicator = torch.zeros(batch, frames, dtype=dtype, device=device)
+
+        hidden = self.conv_in(sample.flatten(0, 1))
+        skips: list[Tensor] = [hidden]
+        for block in self.down_blocks:
+            attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
+            for resnet, attention in zip(block.resnets, attentions):
+                hidden = resnet(hidden, emb, image_only_indicator=indicator)
+                if attention is not None:
+                    hidden = transformer_forward(attention, hidden, ctx, indicator)
+                skips.append(hidden)
+            if block.downsamplers is not None:
+                for downsampler in block.downsamplers:
+                    hidden = downsampler(hidden)
+                skips.append(hidden)
+
+        mid = self.mid_block
+        hidden = mid.resnets[0](hidden, emb, image_only_indicator=indicator)
+        for attention, resnet in zip(mid.attentions, mid.resnets[1:]):
+            hidden = transformer_forward(attention, hidden, ctx, indicator)
+            hidden = resnet(hidden, emb, image_only_indicator=indicator)
+
+        odd_size = any(size % (2**self.num_upsamplers) != 0 for size in sample.shape[-2:])
+        for index, block in enumerate(self.up_blocks):
+            attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
+            for resnet, attention in zip(block.resnets, attentions):
+                hidden = resnet(torch.cat([hidden, skips.pop()], dim=1), emb, image_only_indicator=indicator)
+                if attention is not None:
+                    hidden = transformer_forward(attention, hidden, ctx, indicator)
+            if block.upsamplers is not None:
+                # Force the skip's size when latents are not a multiple of 2**upsamplers (as diffusers does).
+                size = skips[-1].shape[2:] if odd_size and index < len(self.up_blocks) - 1 else None
+                for upsampler in block.upsamplers:
+                    hidden = upsampler(hidden, size)
+
+        hidden = self.conv_out(self.conv_act(self.conv_norm_out(hidden)))
+        return hidden.reshape(batch, frames, *hidden.shape[1:])
+
+
+def build_sonic_unet(
+    config: Mapping[str, Any] | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> SonicUNet:
+    """Build a randomly initialised SonicUNet directly on `device` ("meta" for shape-only work)."""
+    with torch.device(device):
+        unet = SonicUNet(config)
+    return unet.to(dtype=dtype).eval()
