@@ -26,6 +26,8 @@ _NOT_AUDIO_SUFFIXES = frozenset(
     ".png .jpg .jpeg .webp .bmp .gif .tif .tiff .txt .json .yaml .yml .csv .md .pdf .zip .safetensors .pt "
     ".pth .ckpt .bin .py".split()
 )
+# Small files decode quickly and are checked after decoding; big ones are probed first (one more ffprobe run).
+_PROBE_ABOVE_BYTES = 8 * 1024 * 1024
 _AUDIO_FIX = "use a speech recording in wav, mp3, flac, m4a or ogg (or a video file with an audio track)"
 
 
@@ -49,7 +51,7 @@ def check_file_before_decoding(path: Path, max_duration_s: float | None) -> None
             expected="an audio file",
             fix=_AUDIO_FIX,
         )
-    if max_duration_s is not None:
+    if max_duration_s is not None and path.stat().st_size > _PROBE_ABOVE_BYTES:
         probed = _probe_duration(path)
         if probed is not None and probed > max_duration_s:
             raise too_long(probed, max_duration_s, path.name)
@@ -70,7 +72,7 @@ def decode_failure(path: Path, detail: str) -> BadAudioError:
     """The error for a file ffmpeg cannot read, with ffmpeg's most useful line."""
     lines = [line.strip() for line in detail.splitlines() if line.strip()]
     useful = [line for line in lines if "error" in line.lower() or "invalid" in line.lower()]
-    summary = (useful or lines or ["no details"])[-1][:200]
+    summary = (useful or lines or ["no details"])[-1].replace(str(path), path.name)[:200]
     return BadAudioError(
         problem=f"Could not decode the audio file {path.name}: it is corrupt or not in an audio format ffmpeg reads "
         f"(ffmpeg: {summary})",

@@ -67,7 +67,7 @@ def choose_mode(requested: str, midpoint: Midpoint | None, fallback: str = "none
         raise BadInputError(
             problem="RIFE interpolation was asked for but RIFE/flownet.pkl is not loaded",
             expected="models/sonic/RIFE/flownet.pkl, or an interpolation fallback of 'blend' or 'none'",
-            fix="download RIFE/flownet.pkl into the Sonic model folder, or set the fallback to 'blend' or 'none'",
+            fix="put RIFE/flownet.pkl into the Sonic model folder, or set the fallback to 'blend' or 'none'",
         )
     fps = output_fps(fallback)
     note = (f"RIFE weights (RIFE/flownet.pkl) are missing, so frames are not RIFE-interpolated: using "
@@ -91,7 +91,7 @@ def interpolate_stream(
     """Yield f0, mid(f0,f1), f1, mid(f1,f2), ..., f_{N-1}: 2N-1 frames (N with mode 'none').
 
     `midpoint(img0, img1)` takes and returns (1,3,H,W) in [0,1] on `device` (RIFE's IFNet); it is only
-    needed for 'rife'. Frames come in and go out as [3,H,W] float32 on the CPU; only the previous frame is kept.
+    needed for 'rife'. Frames come in and go out as [3,H,W] float32 on the CPU; only the previous one is kept.
     """
     _check_mode(mode)
     if mode == "none":

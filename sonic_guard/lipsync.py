@@ -70,7 +70,7 @@ def mouth_motion_energy(
 
 @dataclass
 class MouthMotionMeter:
-    """Streaming helper: `update(frame)` per written frame; keeps the previous frame and one float per frame."""
+    """Streaming helper: `update(frame)` per written frame; keeps the previous crop and one float a frame."""
 
     mouth_box: Box
     _previous: np.ndarray | None = None

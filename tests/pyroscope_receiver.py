@@ -1,8 +1,8 @@
 """A loopback stand-in for a Pyroscope server, for tests and benchmarks.
 
-It accepts what pyroscope-io pushes (`POST /push.v1.PusherService/Push`: gzip protobuf `PushRequest` holding raw
-pprof profiles; and the legacy `POST /ingest?name=...`), decodes both layers and keeps what it saw. No Pyroscope
-server can be installed offline, so this is how the tests check what really goes over the wire.
+It accepts what pyroscope-io pushes (`POST /push.v1.PusherService/Push`: gzip protobuf `PushRequest` holding
+raw pprof profiles; and the legacy `POST /ingest?name=...`), decodes both layers and keeps what it saw. No
+Pyroscope server can be installed offline, so this is how the tests check what really goes over the wire.
 
 The protobuf messages are declared here in Python (descriptor_pb2 + message_factory) from the public schemas
 (grafana/pyroscope `push.v1`/`types.v1`, google/pprof `profile.proto`); nothing is generated at build time.
@@ -29,36 +29,73 @@ _F = descriptor_pb2.FieldDescriptorProto
 
 # (message, [(field name, number, type, label, type_name)])
 _SCHEMA: list[tuple[str, list[tuple[str, int, int, int, str]]]] = [
-    ("LabelPair", [("name", 1, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
-                   ("value", 2, _F.TYPE_STRING, _F.LABEL_OPTIONAL, "")]),
-    ("RawSample", [("raw_profile", 1, _F.TYPE_BYTES, _F.LABEL_OPTIONAL, ""),
-                   ("ID", 2, _F.TYPE_STRING, _F.LABEL_OPTIONAL, "")]),
-    ("RawProfileSeries", [("labels", 1, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".rx.LabelPair"),
-                          ("samples", 2, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".rx.RawSample")]),
+    (
+        "LabelPair",
+        [
+            ("name", 1, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+            ("value", 2, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        ],
+    ),
+    (
+        "RawSample",
+        [
+            ("raw_profile", 1, _F.TYPE_BYTES, _F.LABEL_OPTIONAL, ""),
+            ("ID", 2, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        ],
+    ),
+    (
+        "RawProfileSeries",
+        [
+            ("labels", 1, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".rx.LabelPair"),
+            ("samples", 2, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".rx.RawSample"),
+        ],
+    ),
     ("PushRequest", [("series", 1, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".rx.RawProfileSeries")]),
-    # pprof (github.com/google/pprof/proto/profile.proto), only the fields the tests read plus their neighbours.
-    ("ValueType", [("type", 1, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
-                   ("unit", 2, _F.TYPE_INT64, _F.LABEL_OPTIONAL, "")]),
-    ("Label", [("key", 1, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
-               ("str", 2, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
-               ("num", 3, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
-               ("num_unit", 4, _F.TYPE_INT64, _F.LABEL_OPTIONAL, "")]),
-    ("Sample", [("location_id", 1, _F.TYPE_UINT64, _F.LABEL_REPEATED, ""),
-                ("value", 2, _F.TYPE_INT64, _F.LABEL_REPEATED, ""),
-                ("label", 3, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".rx.Label")]),
-    ("Profile", [("sample_type", 1, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".rx.ValueType"),
-                 ("sample", 2, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".rx.Sample"),
-                 ("string_table", 6, _F.TYPE_STRING, _F.LABEL_REPEATED, ""),
-                 ("time_nanos", 9, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
-                 ("duration_nanos", 10, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
-                 ("period_type", 11, _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, ".rx.ValueType"),
-                 ("period", 12, _F.TYPE_INT64, _F.LABEL_OPTIONAL, "")]),
+    # pprof (github.com/google/pprof/proto/profile.proto): only the fields the tests read.
+    (
+        "ValueType",
+        [
+            ("type", 1, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
+            ("unit", 2, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
+        ],
+    ),
+    (
+        "Label",
+        [
+            ("key", 1, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
+            ("str", 2, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
+            ("num", 3, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
+            ("num_unit", 4, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
+        ],
+    ),
+    (
+        "Sample",
+        [
+            ("location_id", 1, _F.TYPE_UINT64, _F.LABEL_REPEATED, ""),
+            ("value", 2, _F.TYPE_INT64, _F.LABEL_REPEATED, ""),
+            ("label", 3, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".rx.Label"),
+        ],
+    ),
+    (
+        "Profile",
+        [
+            ("sample_type", 1, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".rx.ValueType"),
+            ("sample", 2, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".rx.Sample"),
+            ("string_table", 6, _F.TYPE_STRING, _F.LABEL_REPEATED, ""),
+            ("time_nanos", 9, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
+            ("duration_nanos", 10, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
+            ("period_type", 11, _F.TYPE_MESSAGE, _F.LABEL_OPTIONAL, ".rx.ValueType"),
+            ("period", 12, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
+        ],
+    ),
 ]
 
 
 def build_message_classes() -> dict[str, Any]:
     """Message classes for PushRequest and pprof Profile, from a private descriptor pool."""
-    file_proto = descriptor_pb2.FileDescriptorProto(name="sonic_guard_rx.proto", package="rx", syntax="proto3")
+    file_proto = descriptor_pb2.FileDescriptorProto(
+        name="sonic_guard_rx.proto", package="rx", syntax="proto3"
+    )
     for name, fields in _SCHEMA:
         message = file_proto.message_type.add(name=name)
         for field_name, number, ftype, label, type_name in fields:
@@ -67,7 +104,9 @@ def build_message_classes() -> dict[str, Any]:
                 added.type_name = type_name
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file_proto)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"rx.{name}")) for name, _ in _SCHEMA}
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"rx.{name}")) for name, _ in _SCHEMA
+    }
 
 
 @dataclass
@@ -161,7 +200,9 @@ class PyroscopeReceiver:
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
-        self._thread = threading.Thread(target=self._server.serve_forever, name="pyroscope-receiver", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="pyroscope-receiver", daemon=True
+        )
 
     @property
     def address(self) -> str:
@@ -194,7 +235,9 @@ class PyroscopeReceiver:
             request.ParseFromString(body)
             for series in request.series:
                 labels = {pair.name: pair.value for pair in series.labels}
-                found.extend(decode_pprof(s.raw_profile, self._classes, parsed.path, labels) for s in series.samples)
+                found.extend(
+                    decode_pprof(s.raw_profile, self._classes, parsed.path, labels) for s in series.samples
+                )
         elif parsed.path == "/ingest":
             labels = _legacy_series(urllib.parse.parse_qs(parsed.query))
             found.append(decode_pprof(_multipart_profile(body), self._classes, parsed.path, labels))
@@ -213,7 +256,9 @@ class PyroscopeReceiver:
 
     def tagged_samples(self) -> list[tuple[dict[str, str], int]]:
         """(labels, value) for every sample that carries at least one label."""
-        return [(lab, val) for p in self.profiles() for lab, val in zip(p.sample_labels, p.sample_values) if lab]
+        return [
+            (lab, val) for p in self.profiles() for lab, val in zip(p.sample_labels, p.sample_values) if lab
+        ]
 
 
 def _multipart_profile(body: bytes) -> bytes:

@@ -1,10 +1,10 @@
 """What the GPUs and the host hold right now: NVML per device, torch's allocator per device, host RAM.
 
-The three GPU figures legitimately differ and are kept apart and labelled: NVML `used` is device-wide (torch's
-reserved cache + CUDA context + other processes), torch `reserved` is this process's caching allocator, torch
-`allocated` is live tensors only. NVML and torch may order devices differently, so they are matched by UUID.
-Every reading is best effort: with no NVIDIA library, driver or GPU the readout says which and still reports the
-host.
+The three GPU figures legitimately differ and are kept apart and labelled: NVML `used` is device-wide
+(torch's reserved cache + CUDA context + other processes), torch `reserved` is this process's caching
+allocator, torch `allocated` is live tensors only. NVML and torch may order devices differently, so they are
+matched by UUID. Every reading is best effort: with no NVIDIA library, driver or GPU the readout says which
+and still reports the host.
 """
 
 from __future__ import annotations
@@ -48,14 +48,20 @@ class GpuReadout:
             head = f"{len(self.nvml_devices)} NVIDIA GPU(s) read through NVML"
         else:
             head = f"no NVIDIA GPU readout: {self.nvml_status}"
-        torch_part = (f"torch sees {len(self.torch_devices)} CUDA device(s)" if self.torch_devices
-                      else f"torch: {self.torch_status}")
+        torch_part = (
+            f"torch sees {len(self.torch_devices)} CUDA device(s)"
+            if self.torch_devices
+            else f"torch: {self.torch_status}"
+        )
         return f"{head}; {torch_part}; host RAM from {self.host.source}"
 
     def key_numbers(self) -> dict[str, int | float | None]:
         """Flat figures for node outputs and metrics: first NVML GPU, torch totals, host RAM."""
         first = self.nvml_devices[0] if self.nvml_devices else None
-        torch_sum = (lambda attr: sum(getattr(d, attr) for d in self.torch_devices) if self.torch_devices else None)
+
+        def torch_sum(attr: str) -> int | None:
+            return sum(getattr(d, attr) for d in self.torch_devices) if self.torch_devices else None
+
         return {
             "gpu_count": len(self.nvml_devices),
             "gpu_total_bytes": first.memory_total_bytes if first else None,

@@ -1,14 +1,14 @@
 """Continuous profiling through pyroscope-io, optional and never in the way of generation.
 
-pyroscope-io runs one agent per process (its state lives in the native library, not in this object): the first
-successful `configure` wins until `shutdown`. `Profiler` owns that agent for the pack and is honest about it:
-a second start with the same settings is a no-op, with different settings it keeps the first and says so, and a
-start while an earlier shutdown is still flushing is refused. If anything else in the process configured
-pyroscope-io first, `configure` returns False and profiling is reported off.
+pyroscope-io runs one agent per process (its state lives in the native library, not in this object): the
+first successful `configure` wins until `shutdown`. `Profiler` owns that agent for the pack and is honest
+about it: a second start with the same settings is a no-op, with different settings it keeps the first and
+says so, and a start while an earlier shutdown is still flushing is refused. If anything else in the process
+configured pyroscope-io first, `configure` returns False and profiling is reported off.
 
-Tags are per OS thread (ComfyUI runs prompts on its `prompt_worker` thread), applied with `tag_wrapper` around each
-stage. `stop()` runs the library's `shutdown()` (which flushes and can wait ~10 s per push on a server that never
-answers) on a daemon thread and waits at most `stop_timeout_s`.
+Tags are per OS thread (ComfyUI runs prompts on its `prompt_worker` thread), applied with `tag_wrapper`
+around each stage. `stop()` runs the library's `shutdown()` (which flushes and can wait ~10 s per push on a
+server that never answers) on a daemon thread and waits at most `stop_timeout_s`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def _not_installed_message(error: BaseException) -> str:
         why = "pyroscope-io has no Windows wheel (building it needs Rust)"
     else:
         why = f"pyroscope-io is not installed or failed to load ({type(error).__name__})"
-    return f"profiling off: {why}; generation runs unprofiled. Install pyroscope-io on Linux or macOS to enable it."
+    return (
+        f"profiling off: {why}; generation runs unprofiled. Install pyroscope-io on Linux or macOS to use it."
+    )
 
 
 class Profiler:
@@ -68,7 +70,7 @@ class Profiler:
         return self._status.active
 
     def start(self, config: ProfilingConfig) -> ProfilerStatus:
-        """Configure the agent once; later calls report what stays in effect. Never raises for backend trouble."""
+        """Configure the agent once; later calls report what stays in effect. Backend trouble never raises."""
         with self._lock:
             self._status = self._start_locked(config)
         level = logging.INFO if self._status.active else logging.WARNING
@@ -80,15 +82,18 @@ class Profiler:
             if config.agent_settings() == self._config.agent_settings():
                 return ProfilerStatus(True, "active", f"profiling on: {self._config.describe()}")
             return ProfilerStatus(
-                True, "kept_first",
-                f"profiling stays on with the first settings ({self._config.describe()}); pyroscope-io allows one "
-                f"agent per process, so {config.describe()} was not applied. Restart ComfyUI to change them.",
+                True,
+                "kept_first",
+                f"profiling stays on with the first settings ({self._config.describe()}); pyroscope-io "
+                f"allows one agent per process, so {config.describe()} was not applied. Restart ComfyUI to "
+                "change them.",
             )
         if not config.enabled:
             return ProfilerStatus(False, "off", "profiling off: no Pyroscope server address given")
         if self._stop_thread is not None and self._stop_thread.is_alive():
             return ProfilerStatus(
-                False, "stop_pending",
+                False,
+                "stop_pending",
                 "profiling off: the previous agent is still flushing to a server that does not answer; "
                 "try again later or restart ComfyUI",
             )
@@ -109,12 +114,15 @@ class Profiler:
                 enable_logging=False,
                 tags=dict(STATIC_TAGS),
             )
-        except Exception as exc:  # noqa: BLE001 - a native library at the boundary; profiling must not break runs
+        except Exception as exc:  # noqa: BLE001 - native library boundary; must not break runs
             logger.warning("pyroscope.configure raised %s: %s", type(exc).__name__, exc)
-            return ProfilerStatus(False, "failed", f"profiling off: pyroscope-io failed to start ({type(exc).__name__})")
+            return ProfilerStatus(
+                False, "failed", f"profiling off: pyroscope-io failed to start ({type(exc).__name__})"
+            )
         if not configured:
             return ProfilerStatus(
-                False, "refused",
+                False,
+                "refused",
                 "profiling off: pyroscope-io refused to configure (another component of this process already "
                 "runs a Pyroscope agent)",
             )
@@ -128,7 +136,7 @@ class Profiler:
         module = self._module
         depth = getattr(self._depth, "value", 0)
         if module is None or depth > 0:
-            # Not profiling, or nested inside a tagged stage: removing a shared key on exit would strip the outer tag.
+            # Not profiling, or nested in a tagged stage (removing a shared key would strip the outer tag).
             self._depth.value = depth + 1
             try:
                 yield
@@ -151,15 +159,18 @@ class Profiler:
                 return self._status
             self._module, self._config = None, None
             wait = config.stop_timeout_s if timeout_s is None else timeout_s
-            thread = threading.Thread(target=self._shutdown, args=(module,), name="sonic-pyroscope-stop", daemon=True)
+            thread = threading.Thread(
+                target=self._shutdown, args=(module,), name="sonic-pyroscope-stop", daemon=True
+            )
             self._stop_thread = thread
             thread.start()
         thread.join(wait)
         if thread.is_alive():
             status = ProfilerStatus(
-                False, "stop_pending",
-                f"profiling stopped; the last upload to {config.describe()} did not finish within {wait:g} s and "
-                "is left to a background thread (dropped at exit)",
+                False,
+                "stop_pending",
+                f"profiling stopped; the last upload to {config.describe()} did not finish within "
+                f"{wait:g} s and is left to a background thread (dropped at exit)",
             )
         else:
             status = ProfilerStatus(False, "stopped", "profiling stopped")

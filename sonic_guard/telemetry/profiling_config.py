@@ -42,9 +42,10 @@ def _check_address(address: str) -> str:
 class ProfilingConfig:
     """Everything needed to start the agent. `server_address=None` means profiling is off.
 
-    `user_tags` are applied per run as thread tags (not as agent-wide tags), so runs with different tags can share
-    the one agent pyroscope-io allows per process. pyroscope-io has no per-upload timeout setting (its HTTP client
-    waits up to ~10 s per push on its own thread); `stop_timeout_s` bounds how long `Profiler.stop()` waits.
+    `user_tags` are applied per run as thread tags (not as agent-wide tags), so runs with different tags can
+    share the one agent pyroscope-io allows per process. pyroscope-io has no per-upload timeout setting (its
+    HTTP client waits up to ~10 s per push on its own thread); `stop_timeout_s` bounds how long
+    `Profiler.stop()` waits.
     """
 
     server_address: str | None = None
@@ -68,8 +69,10 @@ class ProfilingConfig:
             )
         if not 1 <= self.sample_rate <= 1000 or self.upload_interval_s < 1 or self.stop_timeout_s <= 0:
             raise BadInputError(
-                problem=(f"profiling sample_rate={self.sample_rate}, upload_interval_s={self.upload_interval_s}, "
-                         f"stop_timeout_s={self.stop_timeout_s} out of range"),
+                problem=(
+                    f"profiling sample_rate={self.sample_rate}, upload_interval_s={self.upload_interval_s}, "
+                    f"stop_timeout_s={self.stop_timeout_s} out of range"
+                ),
                 expected="sample_rate 1-1000 Hz, upload_interval_s >= 1, stop_timeout_s > 0",
                 fix="use the defaults (100 Hz, 10 s, 3 s)",
             )
@@ -87,8 +90,15 @@ class ProfilingConfig:
 
     def agent_settings(self) -> tuple[object, ...]:
         """The fields that go into the process-wide agent (user tags are per run and excluded)."""
-        return (self.server_address, self.application_name, self.tenant_id, self.basic_auth_user,
-                self.basic_auth_password, self.sample_rate, self.upload_interval_s)
+        return (
+            self.server_address,
+            self.application_name,
+            self.tenant_id,
+            self.basic_auth_user,
+            self.basic_auth_password,
+            self.sample_rate,
+            self.upload_interval_s,
+        )
 
     def describe(self) -> str:
         """A one-line summary without credentials."""

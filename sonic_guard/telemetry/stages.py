@@ -1,7 +1,7 @@
 """Stage names and the observer the engine calls around each stage.
 
-The engine only knows `StageObserver.stage(name)`; with telemetry absent it gets `NullStageObserver`, which does
-nothing. The real observer (`RunObserver` in `hub.py`) times stages and applies profiling tags.
+The engine only knows `StageObserver.stage(name)`; with telemetry absent it gets `NullStageObserver`, which
+does nothing. The real observer (`RunObserver` in `hub.py`) times stages and applies profiling tags.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Profiling tags: validation and the per-run tag set.
 
-Tags end up as labels on a shared profiling backend, so they carry no file paths and no free text: keys and values
-are short, from a fixed charset, and checked here before anything is sent. Grafana Pyroscope turns sample labels
-into series, so values are also kept low-cardinality (duration is bucketed, not exact).
+Tags end up as labels on a shared profiling backend, so they carry no file paths and no free text: keys and
+values are short, from a fixed charset, and checked here before anything is sent. Grafana Pyroscope turns
+sample labels into series, so values are also kept low-cardinality (duration is bucketed, not exact).
 """
 
 from __future__ import annotations
@@ -19,9 +19,23 @@ MAX_USER_TAGS = 16
 
 # Keys the pack sets itself or the backend reserves; a user tag may not shadow them.
 RESERVED_KEYS = frozenset(
-    {"stage", "duration", "resolution", "inference_steps", "service_name", "pyroscope_spy", "span_id",
-     "span_name", "profile_id", "pack", "job", "instance"}
+    {
+        "stage",
+        "duration",
+        "resolution",
+        "inference_steps",
+        "service_name",
+        "pyroscope_spy",
+        "span_id",
+        "span_name",
+        "profile_id",
+        "pack",
+        "job",
+        "instance",
+    }
 )
+
+PACK_RUN_KEYS = ("duration", "resolution", "inference_steps")
 
 # Upper bounds (seconds) of the duration tag; the value is the first bound >= the clip length.
 DURATION_BUCKETS_S: tuple[int, ...] = (5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600)
@@ -88,6 +102,13 @@ def validate_tags(tags: Mapping[str, object] | None) -> dict[str, str]:
     return {_check_key(key): _check_value(key, value) for key, value in tags.items()}
 
 
+def check_run_tags(tags: Mapping[str, object] | None) -> dict[str, str]:
+    """A run tag set (as built by `run_tags`): the pack's keys checked by value, the rest as user tags."""
+    tags = dict(tags or {})
+    own = {key: _check_value(key, tags.pop(key)) for key in PACK_RUN_KEYS if key in tags}
+    return {**own, **validate_tags(tags)}
+
+
 def parse_tag_text(text: str) -> dict[str, str]:
     """Parse `key=value` pairs separated by commas or new lines (the node's text input), then validate."""
     pairs: dict[str, str] = {}
@@ -131,7 +152,7 @@ def run_tags(
     inference_steps: int,
     user_tags: Mapping[str, object] | None = None,
 ) -> dict[str, str]:
-    """The tags every stage of one run carries: duration bucket, resolution, steps, then validated user tags."""
+    """The tags every stage of one run carries: duration bucket, resolution, steps, validated user tags."""
     tags = {
         "duration": duration_bucket(duration_s),
         "resolution": f"{int(width)}x{int(height)}",

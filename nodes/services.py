@@ -1,0 +1,42 @@
+"""The pack's per-server services (telemetry, run history), created once when ComfyUI loads the extension.
+
+They hang off ComfyUI's PromptServer instance rather than a module global, so their lifetime is the server's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from server import PromptServer
+
+from ..sonic_guard.telemetry.hub import Telemetry
+
+_ATTRIBUTE = "sonic_guard_services"
+
+
+@dataclass
+class PackServices:
+    telemetry: Telemetry
+
+
+def install_services() -> PackServices:
+    existing = getattr(PromptServer.instance, _ATTRIBUTE, None)
+    if existing is not None:
+        return existing
+    services = PackServices(telemetry=Telemetry())
+    setattr(PromptServer.instance, _ATTRIBUTE, services)
+    return services
+
+
+def services() -> PackServices:
+    return install_services()
+
+
+def queue_length() -> int:
+    running, pending = PromptServer.instance.prompt_queue.get_current_queue_volatile()
+    return len(running) + len(pending)
+
+
+def notify(event: str, data: dict) -> None:
+    """Push an event to the editor (read by web/js with api.addEventListener)."""
+    PromptServer.instance.send_sync(f"sonic_guard.{event}", data)

@@ -1,0 +1,76 @@
+"""How the engine talks to whoever runs it: progress, cancellation, stage timing, and model placement.
+
+The engine never imports ComfyUI. The ComfyUI glue passes hooks that tick a ProgressBar, raise on Cancel, time
+stages into the metrics, and place models through ComfyUI's model management; outside ComfyUI the defaults below
+do the plain thing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+STAGES = ("preprocess", "audio_features", "sampling", "decode", "interpolation", "encode")
+
+
+class StageObserver(Protocol):
+    def stage(self, name: str) -> contextlib.AbstractContextManager[None]: ...
+
+
+class ModelPlacer(Protocol):
+    def place(self, name: str, module: nn.Module) -> contextlib.AbstractContextManager[nn.Module]: ...
+
+
+@dataclass
+class StageClock:
+    """Records wall time per stage for the run report (the default observer)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class DevicePlacer:
+    """Moves a model to the compute device for a stage; with `offload_idle`, moves it back to the CPU after.
+
+    Keeping idle models off the device is one of the memory planner's quality-neutral levers.
+    """
+
+    device: torch.device
+    offload_idle: bool = True
+
+    @contextlib.contextmanager
+    def place(self, name: str, module: nn.Module) -> Iterator[nn.Module]:
+        module.to(self.device)
+        try:
+            yield module
+        finally:
+            if self.offload_idle and self.device.type != "cpu":
+                module.to("cpu")
+
+
+@dataclass
+class RunHooks:
+    """Callbacks the engine calls at chunk boundaries. Any of them may raise to stop the run."""
+
+    progress: Callable[[int, int], None] = lambda done, total: None
+    check_cancel: Callable[[], None] = lambda: None
+    observer: StageObserver | None = None
+
+    @contextlib.contextmanager
+    def stage(self, name: str, clock: StageClock) -> Iterator[None]:
+        with clock.stage(name), (self.observer.stage(name) if self.observer else contextlib.nullcontext()):
+            yield

@@ -1,0 +1,143 @@
+"""Euler sampler for Sonic: Karras sigmas, v-prediction, circular 25-frame windows with a time-aware shift.
+
+Behaviour follows the reference pipeline (spec 4.6 steps 3-6): every step denoises the clip in windows of
+`window` frames whose start rotates by `shift_offset` frames per step, indexing wraps around the clip, and
+frames covered by several windows are averaged. Whole-clip latents and accumulators stay on the CPU in
+float32; the `DenoiseWindow` callable moves one window at a time to the compute device.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+
+from .errors import BadInputError
+
+logger = logging.getLogger(__name__)
+
+VAE_SCALING_FACTOR = 0.18215
+
+# (latents after scale_model_input [F, 4, h, w], sigma, frame indices) -> guided v-prediction [F, 4, h, w]
+DenoiseWindow = Callable[[torch.Tensor, float, list[int]], torch.Tensor]
+WindowCallback = Callable[[int, int], None]
+
+
+def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 700.0, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022) noise levels, high to low, with a final 0: float32 [steps + 1]."""
+    if steps < 1:
+        raise BadInputError(
+            problem=f"steps is {steps}", expected="at least 1 denoising step (25 is the default)",
+            fix="set steps to 1 or more",
+        )
+    # float64 then float32, as the reference scheduler does (numpy, then a float32 tensor)
+    ramp = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).to(torch.float32)
+
+
+def sigma_to_timestep(sigma: float) -> float:
+    """Continuous timestep the UNet's time projection receives: 0.25 * ln(sigma)."""
+    return 0.25 * math.log(sigma)
+
+
+def scale_model_input(latents: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Input preconditioning of the Euler scheduler: x / sqrt(sigma^2 + 1)."""
+    return latents / math.sqrt(sigma * sigma + 1.0)
+
+
+def denoised_from_v(latents: torch.Tensor, v_prediction: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Clean-sample estimate of a v-prediction model at noise level sigma."""
+    return latents / (sigma * sigma + 1.0) - v_prediction * (sigma / math.sqrt(sigma * sigma + 1.0))
+
+
+def euler_step(latents: torch.Tensor, v_prediction: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """One deterministic Euler step (s_churn = 0) from sigma to sigma_next."""
+    derivative = (latents - denoised_from_v(latents, v_prediction, sigma)) / sigma
+    return latents + derivative * (sigma_next - sigma)
+
+
+def combine_guidance(
+    uncond: torch.Tensor,
+    drop_audio: torch.Tensor,
+    cond: torch.Tensor,
+    appearance_scale: float = 2.0,
+    audio_scale: float = 7.5,
+) -> torch.Tensor:
+    """Sonic's 3-way classifier-free guidance: u + g1 * (d - u) + g2 * (c - d)."""
+    return uncond + appearance_scale * (drop_audio - uncond) + audio_scale * (cond - drop_audio)
+
+
+def window_index_lists(num_frames: int, window: int = 25, shift: int = 0) -> list[list[int]]:
+    """Frame indices of every window in one step; circular, so each list has exactly `window` entries.
+
+    Window starts are 0, window, 2*window, ... < num_frames; entry j of the window at s is
+    (s - shift + j) mod num_frames. With num_frames < window a window repeats frames.
+    """
+    if num_frames < 1 or window < 1:
+        raise ValueError(f"num_frames and window must be >= 1, got {num_frames}, {window}")
+    return [[(s - shift + j) % num_frames for j in range(window)] for s in range(0, num_frames, window)]
+
+
+def initial_latents(reference_latent: torch.Tensor, num_frames: int, sigma_max: float, seed: int) -> torch.Tensor:
+    """reference (already x0.18215) + sigma_0 * noise, noise from a CPU generator seeded with `seed`.
+
+    The noise is the only random draw of a run (the reference's unused noise-augmentation and per-step draws
+    are not reproduced), so a seed gives the same clip on any device.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    shape = (num_frames, *reference_latent.shape)
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+    return reference_latent.detach().to("cpu", torch.float32)[None] + noise * sigma_max
+
+
+def sample_latents(
+    reference_latent: torch.Tensor,
+    num_frames: int,
+    steps: int,
+    denoise_window: DenoiseWindow,
+    *,
+    seed: int,
+    window: int = 25,
+    shift_offset: int = 7,
+    on_window: WindowCallback | None = None,
+) -> torch.Tensor:
+    """Denoise a whole clip: float32 latents [num_frames, 4, h, w] on the CPU, still x0.18215 scaled.
+
+    `denoise_window(x, sigma, indices)` gets the window's latents after `scale_model_input` and returns the
+    guided v-prediction. `on_window(done, total)` runs after every window (progress, cancellation); whatever
+    it raises propagates.
+    """
+    if reference_latent.dim() != 3:
+        raise ValueError(f"reference_latent must be [4, h, w], got {tuple(reference_latent.shape)}")
+    if num_frames < 1:
+        raise BadInputError(
+            problem=f"The clip has {num_frames} frames to generate",
+            expected="at least one frame (0.08 s of audio)", fix="use a longer audio clip",
+        )
+    sigmas = karras_sigmas(steps).tolist()
+    latents = initial_latents(reference_latent, num_frames, sigmas[0], seed)
+    windows_per_step = len(range(0, num_frames, window))
+    total, done, shift = steps * windows_per_step, 0, 0
+    logger.debug("sampling %d frames: %d steps x %d windows", num_frames, steps, windows_per_step)
+    for step in range(steps):
+        sigma, sigma_next = sigmas[step], sigmas[step + 1]
+        summed = torch.zeros_like(latents)
+        counts = torch.zeros(num_frames, dtype=torch.float32)
+        model_input = scale_model_input(latents, sigma)
+        for indices in window_index_lists(num_frames, window, shift):
+            index = torch.tensor(indices, dtype=torch.long)
+            v_prediction = denoise_window(model_input[index], sigma, indices)
+            stepped = euler_step(latents[index], v_prediction.to("cpu", torch.float32), sigma, sigma_next)
+            # index_add_ sums repeated indices (clips shorter than a window); plain indexed += would not
+            summed.index_add_(0, index, stepped)
+            counts.index_add_(0, index, torch.ones(len(indices)))
+            done += 1
+            if on_window is not None:
+                on_window(done, total)
+        latents = summed / counts[:, None, None, None]
+        shift += shift_offset
+    return latents

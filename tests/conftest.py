@@ -1,0 +1,86 @@
+"""Shared fixtures: real inputs (a portrait photo, spoken audio), the small model set, and a real ComfyUI server."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from comfy_host import REPO, ComfyServer
+
+
+def _load_node_ids():
+    # nodes/__init__.py needs ComfyUI; ids.py does not, so load it by path.
+    spec = importlib.util.spec_from_file_location("sonic_guard_node_ids", REPO / "nodes" / "ids.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+NODE_IDS = _load_node_ids()
+ALL_NODE_IDS = NODE_IDS.ALL_NODE_IDS
+
+SPEECH_TEXT = "Hello there. This is Sonic Guard speaking a short sentence for the test."
+
+
+def speak(path: Path, text: str = SPEECH_TEXT, rate_hz: int | None = None) -> Path:
+    """Real speech from espeak-ng (optionally resampled by sox)."""
+    raw = path.with_suffix(".raw.wav") if rate_hz else path
+    subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, capture_output=True)
+    if rate_hz:
+        subprocess.run(["sox", str(raw), "-r", str(rate_hz), str(path)], check=True, capture_output=True)
+        raw.unlink()
+    return path
+
+
+def portrait_rgb() -> np.ndarray:
+    """A real photograph with one clear frontal face (scikit-image's astronaut)."""
+    from skimage import data
+
+    return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return speak(tmp_path_factory.mktemp("audio") / "speech.wav")
+
+
+@pytest.fixture(scope="session")
+def portrait_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("image") / "portrait.png"
+    Image.fromarray(portrait_rgb()).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small random model set, written once per session in the official layout."""
+    from sonic_guard.models.tiny import write_tiny_model_set
+
+    root = tmp_path_factory.mktemp("models") / "tiny-sonic"
+    write_tiny_model_set(root, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def comfy_server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: Path, speech_wav: Path, portrait_png: Path
+) -> Iterator[ComfyServer]:
+    """A real ComfyUI 0.3.75 server with the pack, the small model set and real inputs."""
+    base = tmp_path_factory.mktemp("comfy")
+    (base / "models" / "sonic").mkdir(parents=True)
+    shutil.copytree(tiny_models, base / "models" / "sonic" / "tiny-sonic")
+    (base / "input").mkdir(exist_ok=True)
+    shutil.copy(speech_wav, base / "input" / "speech.wav")
+    shutil.copy(portrait_png, base / "input" / "portrait.png")
+    server = ComfyServer.start(base, extra_args=["--cache-none"], required_nodes=ALL_NODE_IDS)
+    try:
+        yield server
+    finally:
+        server.stop()
