@@ -1,20 +1,22 @@
 """How the engine talks to whoever runs it: progress, cancellation, stage timing, and model placement.
 
-The engine never imports ComfyUI. The ComfyUI glue passes hooks that tick a ProgressBar, raise on Cancel, time
-stages into the metrics, and place models through ComfyUI's model management; outside ComfyUI the defaults below
-do the plain thing.
+The engine never imports ComfyUI. The ComfyUI glue passes hooks that tick a ProgressBar, raise on Cancel,
+time stages into the metrics, and place models through ComfyUI's model management; outside ComfyUI the
+defaults below do the plain thing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 from torch import nn
+
+T = TypeVar("T")
 
 STAGES = ("preprocess", "audio_features", "sampling", "decode", "interpolation", "encode")
 
@@ -68,9 +70,46 @@ class RunHooks:
 
     progress: Callable[[int, int], None] = lambda done, total: None
     check_cancel: Callable[[], None] = lambda: None
-    observer: StageObserver | None = None
+    observer: StageObserver = field(default_factory=lambda: StageClock())
 
-    @contextlib.contextmanager
-    def stage(self, name: str, clock: StageClock) -> Iterator[None]:
-        with clock.stage(name), (self.observer.stage(name) if self.observer else contextlib.nullcontext()):
-            yield
+
+class StageSwitcher:
+    """Exactly one stage open at a time, for streamed stages that interleave (decode, interpolate, encode).
+
+    Nested context managers would count decode time inside interpolation (and tag its profile samples so);
+    switching closes the current stage before the next one opens, so each stage gets only its own time.
+    """
+
+    def __init__(self, observer: StageObserver) -> None:
+        self._observer = observer
+        self._current: str | None = None
+        self._context: contextlib.AbstractContextManager[None] | None = None
+
+    def switch(self, stage: str | None) -> str | None:
+        """Open `stage` (None closes all) and return the stage that was open."""
+        previous = self._current
+        if stage != previous:
+            if self._context is not None:
+                self._context.__exit__(None, None, None)
+            self._context = self._observer.stage(stage) if stage is not None else None
+            if self._context is not None:
+                self._context.__enter__()
+            self._current = stage
+        return previous
+
+    def close(self) -> None:
+        self.switch(None)
+
+
+def staged(switcher: StageSwitcher, stage: str, items: Iterable[T]) -> Iterator[T]:
+    """Yield from `items`, attributing the time spent producing each item to `stage` alone."""
+    iterator = iter(items)
+    while True:
+        previous = switcher.switch(stage)
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            switcher.switch(previous)
+        yield item
