@@ -3,7 +3,8 @@
 
 Memory by design: only one UNet window, one decode chunk and one frame pair are on the device at a time;
 the whole-clip latents (a few KiB per frame) live on the CPU; decoded frames are encoded as they arrive.
-The memory plan (`ExecutionPlan`, decided by `memory.planner`) says which levers are on; this module only executes it.
+The memory plan (`ExecutionPlan`, decided by `memory.planner`) says which levers are on; this module
+only executes it.
 """
 
 from __future__ import annotations

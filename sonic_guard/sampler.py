@@ -25,7 +25,9 @@ DenoiseWindow = Callable[[torch.Tensor, float, list[int]], torch.Tensor]
 WindowCallback = Callable[[int, int], None]
 
 
-def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 700.0, rho: float = 7.0) -> torch.Tensor:
+def karras_sigmas(
+    steps: int, sigma_min: float = 0.002, sigma_max: float = 700.0, rho: float = 7.0
+) -> torch.Tensor:
     """Karras et al. (2022) noise levels, high to low, with a final 0: float32 [steps + 1]."""
     if steps < 1:
         raise BadInputError(
@@ -54,7 +56,9 @@ def denoised_from_v(latents: torch.Tensor, v_prediction: torch.Tensor, sigma: fl
     return latents / (sigma * sigma + 1.0) - v_prediction * (sigma / math.sqrt(sigma * sigma + 1.0))
 
 
-def euler_step(latents: torch.Tensor, v_prediction: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+def euler_step(
+    latents: torch.Tensor, v_prediction: torch.Tensor, sigma: float, sigma_next: float
+) -> torch.Tensor:
     """One deterministic Euler step (s_churn = 0) from sigma to sigma_next."""
     derivative = (latents - denoised_from_v(latents, v_prediction, sigma)) / sigma
     return latents + derivative * (sigma_next - sigma)
@@ -82,7 +86,9 @@ def window_index_lists(num_frames: int, window: int = 25, shift: int = 0) -> lis
     return [[(s - shift + j) % num_frames for j in range(window)] for s in range(0, num_frames, window)]
 
 
-def initial_latents(reference_latent: torch.Tensor, num_frames: int, sigma_max: float, seed: int) -> torch.Tensor:
+def initial_latents(
+    reference_latent: torch.Tensor, num_frames: int, sigma_max: float, seed: int
+) -> torch.Tensor:
     """reference (already x0.18215) + sigma_0 * noise, noise from a CPU generator seeded with `seed`.
 
     The noise is the only random draw of a run (the reference's unused noise-augmentation and per-step draws

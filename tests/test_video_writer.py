@@ -138,14 +138,28 @@ def _rss_bytes() -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc")
 def test_host_memory_stays_flat_while_writing(tmp_path: Path) -> None:
-    size, rate = 160, 16000
-    audio = (np.random.default_rng(0).normal(0, 0.1, rate * 40).astype(np.float32), rate)
+    size, rate = 128, 16000
+    audio = (np.random.default_rng(0).normal(0, 0.1, rate * 30).astype(np.float32), rate)
+    ramp = torch.linspace(0, 1, size).expand(3, size, size)
     with StreamingVideoWriter(tmp_path / "long.mp4", size, size, 25, audio=audio, crf=30) as writer:
-        for index in range(900):
-            writer.write(torch.rand(3, size, size))
-            if index == 150:  # after the encoder's look-ahead buffers have filled
+        for index in range(700):
+            writer.write((ramp + index / 700) % 1.0)
+            if index == 100:  # after the encoder's look-ahead buffers have filled
                 baseline = _rss_bytes()
         grown = _rss_bytes() - baseline
-    # Keeping the 750 later frames would cost 57 MiB as uint8 (230 MiB as float); allow noise only.
-    assert grown < 20 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB"
-    assert writer.close().frames == 900
+    # Keeping the 600 later frames would cost 28 MiB as uint8 (112 MiB as float); allow noise only.
+    assert grown < 12 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB"
+    assert writer.close().frames == 700
+
+
+def test_writer_keeps_no_reference_to_written_frames(tmp_path: Path) -> None:
+    import gc
+    import weakref
+
+    with StreamingVideoWriter(tmp_path / "refs.mp4", 32, 32, 25) as writer:
+        frame = torch.rand(3, 32, 32)
+        ref = weakref.ref(frame)
+        writer.write(frame)
+        del frame
+        gc.collect()
+        assert ref() is None

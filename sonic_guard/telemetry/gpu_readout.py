@@ -105,18 +105,26 @@ def _host_from_proc() -> HostMemory:
     return HostMemory(fields.get("MemTotal"), fields.get("MemAvailable"), rss, "/proc/meminfo")
 
 
+def match_by_uuid(
+    torch_devices: list[TorchDevice], nvml_devices: list[NvmlDevice]
+) -> tuple[list[TorchDevice], list[str]]:
+    """Torch devices with `nvml_index` set from the NVML device of the same UUID (orders may differ)."""
+    by_uuid = {d.uuid_key: d for d in nvml_devices if d.uuid_key}
+    matched: list[TorchDevice] = []
+    notes: list[str] = []
+    for device in torch_devices:
+        nvml_match = by_uuid.get(device.uuid_key) if device.uuid_key else None
+        matched.append(device.with_nvml_index(nvml_match.index if nvml_match else None))
+        if nvml_devices and nvml_match is None:
+            notes.append(f"torch cuda:{device.index} has no NVML device with the same UUID")
+    return matched, notes
+
+
 def read_gpu_memory() -> GpuReadout:
     """Read NVML, torch and host memory now; never raises for a missing GPU, driver or library."""
     nvml = read_nvml()
     torch_devices, torch_status = read_torch_devices()
-    notes: list[str] = []
-    by_uuid = {d.uuid_key: d for d in nvml.devices if d.uuid_key}
-    matched: list[TorchDevice] = []
-    for device in torch_devices:
-        nvml_match = by_uuid.get(device.uuid_key) if device.uuid_key else None
-        matched.append(device.with_nvml_index(nvml_match.index if nvml_match else None))
-        if nvml.devices and nvml_match is None:
-            notes.append(f"torch cuda:{device.index} has no NVML device with the same UUID")
+    matched, notes = match_by_uuid(torch_devices, nvml.devices)
     return GpuReadout(
         nvml_devices=nvml.devices,
         torch_devices=matched,

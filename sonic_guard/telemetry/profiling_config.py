@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ ENV_AUTH_USER = "SONIC_PYROSCOPE_BASIC_AUTH_USER"
 ENV_AUTH_PASSWORD = "SONIC_PYROSCOPE_BASIC_AUTH_PASSWORD"
 
 DEFAULT_APPLICATION_NAME = "sonic_guard"
+TENANT_PATTERN = re.compile(r"[A-Za-z0-9_.\-!*'()]{1,150}")
 
 
 def public_address(address: str) -> str:
@@ -82,7 +84,18 @@ class ProfilingConfig:
                 expected="both or neither",
                 fix=f"set both {ENV_AUTH_USER} and {ENV_AUTH_PASSWORD}, or leave both empty",
             )
+        if self.tenant_id is not None and not TENANT_PATTERN.fullmatch(self.tenant_id):
+            # The tenant travels in an HTTP header (X-Scope-OrgID): no spaces or line breaks.
+            raise BadInputError(
+                problem="the Pyroscope tenant id has characters a tenant id cannot have",
+                expected="1-150 characters: letters, digits and _ . - ! * ' ( )",
+                fix=f"correct the tenant setting or the {ENV_TENANT} environment variable",
+            )
         object.__setattr__(self, "user_tags", validate_tags(self.user_tags))
+
+    def __hash__(self) -> int:
+        # The generated hash would fail on the user_tags dict; the settings and sorted tags identify a config.
+        return hash((self.agent_settings(), self.stop_timeout_s, tuple(sorted(self.user_tags.items()))))
 
     @property
     def enabled(self) -> bool:

@@ -13,8 +13,6 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from enum import Enum
 from typing import Protocol, runtime_checkable
 
-from ..errors import BadInputError
-
 
 class Stage(str, Enum):
     """The Sonic data path, in order. A fixed set: these are metric and profiling label values."""
@@ -31,17 +29,14 @@ STAGE_NAMES: tuple[str, ...] = tuple(s.value for s in Stage)
 
 
 def parse_stage(name: str | Stage) -> Stage:
-    """The `Stage` for a name; a name outside the fixed set is a programming error reported plainly."""
+    """The `Stage` for a name; a name outside the fixed set raises ValueError."""
     if isinstance(name, Stage):
         return name
     try:
         return Stage(name)
     except ValueError:
-        raise BadInputError(
-            problem=f"unknown stage name {name!r}",
-            expected=f"one of {', '.join(STAGE_NAMES)}",
-            fix="use a member of sonic_guard.telemetry.Stage",
-        ) from None
+        # A programming error in the engine, not a user's: reported as such (reason "internal").
+        raise ValueError(f"unknown stage name {name!r}; expected one of {', '.join(STAGE_NAMES)}") from None
 
 
 @runtime_checkable
