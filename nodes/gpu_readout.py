@@ -34,6 +34,7 @@ class GpuMemoryReadout(io.ComfyNode):
                 io.Float.Output("torch_allocated_gib", tooltip="torch's live tensors on all CUDA devices in GiB (0 without CUDA)."),
                 io.Float.Output("host_available_gib", tooltip="Host RAM available in GiB."),
             ],
+            is_output_node=True,
             not_idempotent=True,
         )
 

@@ -5,7 +5,8 @@ They hang off ComfyUI's PromptServer instance rather than a module global, so th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from server import PromptServer
 
@@ -17,6 +18,7 @@ _ATTRIBUTE = "sonic_guard_services"
 @dataclass
 class PackServices:
     telemetry: Telemetry
+    estimators: dict[str, Any] = field(default_factory=dict)  # per model configuration: shape caches inside
 
 
 def install_services() -> PackServices:

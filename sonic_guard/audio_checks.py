@@ -28,7 +28,7 @@ _NOT_AUDIO_SUFFIXES = frozenset(
 )
 # Small files decode quickly and are checked after decoding; big ones are probed first (one more ffprobe run).
 _PROBE_ABOVE_BYTES = 8 * 1024 * 1024
-_AUDIO_FIX = "use a speech recording in wav, mp3, flac, m4a or ogg (or a video file with an audio track)"
+AUDIO_FIX = "use a speech recording in wav, mp3, flac, m4a or ogg (or a video file with an audio track)"
 
 
 def check_file_before_decoding(path: Path, max_duration_s: float | None) -> None:
@@ -49,7 +49,7 @@ def check_file_before_decoding(path: Path, max_duration_s: float | None) -> None
         raise BadAudioError(
             problem=f"{path.name} is a {path.suffix.lower()} file, which is not an audio format",
             expected="an audio file",
-            fix=_AUDIO_FIX,
+            fix=AUDIO_FIX,
         )
     if max_duration_s is not None and path.stat().st_size > _PROBE_ABOVE_BYTES:
         probed = _probe_duration(path)
@@ -74,10 +74,10 @@ def decode_failure(path: Path, detail: str) -> BadAudioError:
     useful = [line for line in lines if "error" in line.lower() or "invalid" in line.lower()]
     summary = (useful or lines or ["no details"])[-1].replace(str(path), path.name)[:200]
     return BadAudioError(
-        problem=f"Could not decode the audio file {path.name}: it is corrupt or not in an audio format ffmpeg reads "
-        f"(ffmpeg: {summary})",
+        problem=f"Could not decode the audio file {path.name}: it is corrupt or not in an audio format "
+        f"ffmpeg reads (ffmpeg: {summary})",
         expected="a complete, playable audio file",
-        fix=f"check that the file plays in a media player, re-export it, or {_AUDIO_FIX}",
+        fix=f"check that the file plays in a media player, re-export it, or {AUDIO_FIX}",
     )
 
 
@@ -107,15 +107,18 @@ def check_decoded(samples: np.ndarray, rate: int, source: str, max_duration_s: f
     bad = int(np.count_nonzero(~np.isfinite(samples)))
     if bad:
         raise BadAudioError(
-            problem=f"The audio ({source}) contains {bad} NaN or infinite sample values out of {samples.size}",
+            problem=f"The audio ({source}) contains {bad} NaN or infinite sample values "
+            f"out of {samples.size}",
             expected="finite sample values between -1 and 1",
             fix="the audio was corrupted by an earlier node or export; re-export it or check the node before",
         )
     duration = samples.shape[-1] / rate
     if duration < MIN_AUDIO_S:
         raise BadAudioError(
-            problem=f"The audio ({source}) lasts only {duration * 1000:.0f} ms, too short for one video frame",
-            expected=f"at least {MIN_AUDIO_S * 1000:.0f} ms; {RECOMMENDED_MIN_S:g} s or more for visible lip sync",
+            problem=f"The audio ({source}) lasts only {duration * 1000:.0f} ms, "
+            "too short for one video frame",
+            expected=f"at least {MIN_AUDIO_S * 1000:.0f} ms; "
+            f"{RECOMMENDED_MIN_S:g} s or more for visible lip sync",
             fix="use a longer speech recording",
         )
     if max_duration_s is not None and duration > max_duration_s:
@@ -134,6 +137,7 @@ def check_playable(waveform_16k: np.ndarray, source: str, notes: list[str] | Non
     seconds = waveform_16k.shape[0] / TARGET_SAMPLE_RATE
     if notes is not None and seconds < RECOMMENDED_MIN_S:
         notes.append(
-            f"The audio is only {seconds:.2f} s long; at least {RECOMMENDED_MIN_S:g} s gives visible lip sync."
+            f"The audio is only {seconds:.2f} s long; "
+            f"at least {RECOMMENDED_MIN_S:g} s gives visible lip sync."
         )
         logger.warning(notes[-1])

@@ -18,6 +18,7 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from .audio_checks import (
+    AUDIO_FIX,
     DEFAULT_MAX_DURATION_S,
     MIN_AUDIO_S,
     TARGET_SAMPLE_RATE,
@@ -32,16 +33,13 @@ logger = logging.getLogger(__name__)
 
 # 5.1 in the WAV/ffmpeg channel order FL FR FC LFE BL BR: centre and surrounds at -3 dB, LFE dropped.
 _SURROUND_GAIN = 0.7071
-_FIVE_ONE_TO_STEREO = np.array(
-    [
-        [1.0, 0.0, _SURROUND_GAIN, 0.0, _SURROUND_GAIN, 0.0],
-        [0.0, 1.0, _SURROUND_GAIN, 0.0, 0.0, _SURROUND_GAIN],
-    ],
-    dtype=np.float32,
-) / (1.0 + 2 * _SURROUND_GAIN)
+_FIVE_ONE_TO_STEREO = (
+    (1.0, 0.0, _SURROUND_GAIN, 0.0, _SURROUND_GAIN, 0.0),
+    (0.0, 1.0, _SURROUND_GAIN, 0.0, 0.0, _SURROUND_GAIN),
+)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoadedAudio:
     """Decoded audio: `waveform` is float32 mono at 16 kHz; the rest describes the original."""
 
@@ -70,24 +68,29 @@ def load_audio_file(path: Path, *, max_duration_s: float | None = DEFAULT_MAX_DU
         segment = AudioSegment.from_file(str(path))
     except CouldntDecodeError as exc:
         raise decode_failure(path, str(exc)) from exc
-    except (IndexError, KeyError, ValueError, EOFError) as exc:
-        # pydub indexes ffprobe's stream list: a file with no audio stream fails here.
-        raise decode_failure(path, f"no audio stream found ({type(exc).__name__})") from exc
+    except IndexError as exc:
+        # pydub indexes ffprobe's list of audio streams: a file without one (a silent video) fails here.
+        raise BadAudioError(
+            problem=f"{path.name} has no audio track",
+            expected="a file with an audio stream",
+            fix=f"add a voice track to it, or {AUDIO_FIX}",
+        ) from exc
+    except (KeyError, ValueError, EOFError) as exc:
+        raise decode_failure(path, f"unreadable stream information ({type(exc).__name__})") from exc
     except subprocess.SubprocessError as exc:
         raise decode_failure(path, str(exc)) from exc
     except FileNotFoundError as exc:
         raise BadAudioError(
             problem=f"Could not run ffmpeg to decode {path.name} ({exc})",
             expected="ffmpeg and ffprobe on the PATH",
-            fix="install ffmpeg (e.g. `apt install ffmpeg`, `brew install ffmpeg`, or add ffmpeg.exe to PATH)",
+            fix="install ffmpeg (e.g. `apt install ffmpeg`, `brew install ffmpeg`, "
+            "or add ffmpeg.exe to PATH)",
         ) from exc
     samples = _segment_to_array(segment)
     return _build(samples, int(segment.frame_rate), f"file {path.name}", (), max_duration_s)
 
 
-def audio_from_comfy(
-    audio: Mapping, *, max_duration_s: float | None = DEFAULT_MAX_DURATION_S
-) -> LoadedAudio:
+def audio_from_comfy(audio: Mapping, *, max_duration_s: float | None = DEFAULT_MAX_DURATION_S) -> LoadedAudio:
     """Convert ComfyUI's AUDIO dict {"waveform": Tensor[B, C, T], "sample_rate": int}."""
     if not isinstance(audio, Mapping) or "waveform" not in audio or "sample_rate" not in audio:
         raise BadAudioError(
@@ -124,7 +127,10 @@ def audio_from_comfy(
 
 
 def fit_duration(audio: LoadedAudio, duration: float | None) -> tuple[LoadedAudio, str]:
-    """Trim or pad with silence to `duration` seconds; None or 0 keeps the whole audio. Always says what it did."""
+    """Trim, or pad with silence, to `duration` seconds; None or 0 keeps the whole audio.
+
+    The message always says what was done.
+    """
     if duration is None or duration == 0:
         return audio, f"Using the whole audio: {audio.duration_s:.2f} s."
     if not np.isfinite(duration) or duration < 0:
@@ -135,7 +141,8 @@ def fit_duration(audio: LoadedAudio, duration: float | None) -> tuple[LoadedAudi
         )
     if duration < MIN_AUDIO_S:
         raise BadInputError(
-            problem=f"The duration {duration:g} s is shorter than one generated frame ({MIN_AUDIO_S * 1000:.0f} ms)",
+            problem=f"The duration {duration:g} s is shorter than one generated frame "
+            f"({MIN_AUDIO_S * 1000:.0f} ms)",
             expected=f"at least {MIN_AUDIO_S:g} s, ideally 1 s or more",
             fix="raise the duration, or set it to 0 to use the whole audio",
         )
@@ -146,7 +153,9 @@ def fit_duration(audio: LoadedAudio, duration: float | None) -> tuple[LoadedAudi
         return audio, f"Using the whole audio: {audio.duration_s:.2f} s (matches the requested duration)."
     waveform = _fit_length(audio.waveform[None], target)[0]
     original = _fit_length(audio.original_waveform, target_original)
-    fitted = replace(audio, waveform=waveform, original_waveform=original, duration_s=target / TARGET_SAMPLE_RATE)
+    fitted = replace(
+        audio, waveform=waveform, original_waveform=original, duration_s=target / TARGET_SAMPLE_RATE
+    )
     if target < current:
         check_playable(waveform, f"the first {duration:g} s of the audio", None)
         message = (
@@ -199,7 +208,9 @@ def _build(
     waveform = resample_to_16k(mono, rate)
     notes_list = list(notes)
     if channels > 2:
-        notes_list.append(f"Mixed {channels} audio channels down to stereo (kept for the video) and mono (for lip sync).")
+        notes_list.append(
+            f"Mixed {channels} audio channels down to stereo (kept for the video) and mono (for lip sync)."
+        )
     check_playable(waveform, source, notes_list)
     return LoadedAudio(
         waveform=waveform,
@@ -217,7 +228,9 @@ def _to_at_most_stereo(samples: np.ndarray) -> np.ndarray:
     if channels <= 2:
         return samples.astype(np.float32, copy=False)
     if channels == 6:
-        return (_FIVE_ONE_TO_STEREO @ samples).astype(np.float32)
+        # Normalised so a full-scale signal in every channel cannot clip.
+        matrix = np.asarray(_FIVE_ONE_TO_STEREO, dtype=np.float32) / (1.0 + 2 * _SURROUND_GAIN)
+        return (matrix @ samples).astype(np.float32)
     # Unknown layout: the same average on both sides is the only order-independent choice.
     mono = samples.mean(axis=0, dtype=np.float32)
     return np.stack([mono, mono])

@@ -20,6 +20,7 @@ OFFICIAL_DECODE_CHUNK = 8
 
 DecodeChunk = Callable[[torch.Tensor], torch.Tensor]
 OnChunk = Callable[[int, int], None]
+OnDowngrade = Callable[[int, int], None]
 
 
 class TemporalVae(Protocol):
@@ -48,31 +49,56 @@ def decode_stream(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     on_chunk: OnChunk | None = None,
+    on_downgrade: OnDowngrade | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield decoded frames [3,H,W] float32 on the CPU in [0,1], decoding `chunk_size` latents at a time.
 
     `latents` are [N,4,h,w] scaled by 0.18215 (they stay where they are; only one chunk goes to the device).
     `on_chunk(frames_done, frames_total)` runs after each chunk reaches the CPU; it may raise to cancel.
+    When a chunk runs out of device memory the chunk size is halved and the same frames are decoded again,
+    so the frames already handed on stay valid; `on_downgrade(old_size, new_size)` is told (it may also free
+    memory). Out of memory with chunks of one frame is raised.
     """
     if latents.ndim != 4:
         raise ValueError(f"latents must be [N,4,h,w], got shape {tuple(latents.shape)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     total = latents.shape[0]
-    for start in range(0, total, chunk_size):
-        chunk = latents[start : start + chunk_size].to(device=device, dtype=dtype) / SVD_LATENT_SCALE
+    start = 0
+    while start < total:
+        count = min(chunk_size, total - start)
+        images = _decode_or_none(latents[start : start + count], decode_chunk, device, dtype)
+        if images is None:  # out of memory; handled here, after the except block has released its frames
+            if chunk_size == 1:
+                raise torch.OutOfMemoryError(f"decoding one latent frame ran out of memory on {device}")
+            smaller = (count + 1) // 2
+            logger.warning("VAE decode ran out of memory with %d frames per chunk; retrying with %d",
+                           chunk_size, smaller)
+            if on_downgrade is not None:
+                on_downgrade(chunk_size, smaller)
+            chunk_size = smaller
+            continue
+        if images.shape[0] != count:
+            raise ValueError(f"decoder returned {images.shape[0]} frames for a chunk of {count}")
+        start += count
+        if on_chunk is not None:
+            on_chunk(start, total)
+        logger.debug("decoded frames up to %d of %d", start, total)
+        # Clone per frame so a consumer that keeps one frame does not pin the whole chunk.
+        for frame in images:
+            yield frame.clone()
+        del images
+
+
+def _decode_or_none(
+    latents: torch.Tensor, decode_chunk: DecodeChunk, device: str | torch.device, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """One chunk decoded and already on the CPU in [0,1], or None when the device ran out of memory."""
+    try:
+        chunk = latents.to(device=device, dtype=dtype) / SVD_LATENT_SCALE
         with torch.inference_mode():
             images = decode_chunk(chunk)
         # Map to [0,1] on the device (cheap), then leave it at once: only this chunk ever lives there.
-        images_cpu = (images.float() * 0.5 + 0.5).clamp_(0.0, 1.0).to("cpu")
-        del images, chunk
-        if images_cpu.shape[0] != min(chunk_size, total - start):
-            raise ValueError(f"decoder returned {images_cpu.shape[0]} frames for a chunk of "
-                             f"{min(chunk_size, total - start)}")
-        done = start + images_cpu.shape[0]
-        if on_chunk is not None:
-            on_chunk(done, total)
-        logger.debug("decoded frames %d..%d of %d", start, done, total)
-        # Clone per frame so a consumer that keeps one frame does not pin the whole chunk.
-        for frame in images_cpu:
-            yield frame.clone()
+        return (images.float() * 0.5 + 0.5).clamp_(0.0, 1.0).to("cpu")
+    except torch.OutOfMemoryError:
+        return None

@@ -36,13 +36,13 @@ class ClipConditioning:
     """Everything per clip that the windows read; tensors on the CPU.
 
     reference_latent: [4, h, w] VAE mean x 0.18215 (the start of the initial latents).
-    condition_latent: [4, h, w] VAE mode, unscaled (SVD convention), concatenated to every frame.
+    conditioning_latent: [4, h, w] VAE mode, unscaled (SVD convention), concatenated to every frame.
     clip_embeds: [1, 1, D] CLIP image embeddings. face_mask: [1, 1, H, W] in [0, 1], or None.
     frame_buckets: [N, 2] motion buckets per generated frame (see `compute_frame_buckets`).
     """
 
     reference_latent: torch.Tensor
-    condition_latent: torch.Tensor
+    conditioning_latent: torch.Tensor
     clip_embeds: torch.Tensor
     face_mask: torch.Tensor | None
     frame_buckets: torch.Tensor
@@ -125,7 +125,7 @@ def make_denoise_window(
                                                       device=device, dtype=dtype)
     clip = conditioning.clip_embeds.reshape(1, 1, -1).to(device=device, dtype=dtype)
     clip_branches = torch.cat([torch.zeros_like(clip), clip, clip])  # [3, 1, D]
-    latent = conditioning.condition_latent.to(device=device, dtype=dtype)
+    latent = conditioning.conditioning_latent.to(device=device, dtype=dtype)
     mask = None if conditioning.face_mask is None else conditioning.face_mask.to(device=device, dtype=dtype)
     buckets = conditioning.frame_buckets.to(torch.float32)
     groups = CFG_BATCH_GROUPS[cfg_batch]

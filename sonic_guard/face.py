@@ -14,7 +14,7 @@ from .face_detect import (
 from .face_opencv import OpenCvFaceDetector
 from .face_yolo import YoloFaceDetector
 
-__all__ = [
+__all__ = (
     "CropBox",
     "FaceBox",
     "FaceDetector",
@@ -28,4 +28,4 @@ __all__ = [
     "make_face_detector",
     "recommend_expand_ratio",
     "select_largest_face",
-]
+)

@@ -41,13 +41,11 @@ def crop_box(face: FaceBox, image_size: tuple[int, int], expand_ratio: float) ->
         centre_x += float(np.sign(face_cx - centre_x)) * min(slack, abs(face_cx - centre_x))
     elif box_h > box_w:
         centre_y += float(np.sign(face_cy - centre_y)) * min(slack, abs(face_cy - centre_y))
-    half = side / 2
-    return (
-        int(round(centre_x - half)),
-        int(round(centre_y - half)),
-        int(round(centre_x + half)),
-        int(round(centre_y + half)),
-    )
+    # Round the side once and place both ends from it, so the box is exactly square and inside the image.
+    side_px = max(1, int(round(side)))
+    left = min(max(int(round(centre_x - side / 2)), 0), max(width - side_px, 0))
+    top = min(max(int(round(centre_y - side / 2)), 0), max(height - side_px, 0))
+    return left, top, left + side_px, top + side_px
 
 
 def recommend_expand_ratio(face: FaceBox, image_size: tuple[int, int]) -> tuple[float, str]:

@@ -117,9 +117,11 @@ def no_face_error(detail: str, detector_name: str = "") -> NoFaceError:
     by = f" by the {detector_name} detector" if detector_name else ""
     return NoFaceError(
         problem=f"No face was found in the image{by} ({detail})",
-        expected=f"a clear, front-facing face at least {MIN_FACE_SIDE} pixels tall, not covered, in reasonable light",
-        fix="use a different photo with a frontal face, crop the photo tighter around the face, or, for cartoon "
-        "and stylised faces, place yoloface_v5m.pt in the Sonic models folder so the stronger detector is used",
+        expected=f"a clear, front-facing face at least {MIN_FACE_SIDE} pixels tall, not covered, "
+        "in reasonable light",
+        fix="use a different photo with a frontal face, crop the photo tighter around the face, or, "
+        "for cartoon and stylised faces, place yoloface_v5m.pt in the Sonic models folder "
+        "so the stronger detector is used",
     )
 
 

@@ -53,7 +53,9 @@ def _haar_passes() -> list[_Pass] | None:
         def detect(gray: np.ndarray, min_neighbors: int) -> list[tuple[int, int, int, int]]:
             side = max(MIN_FACE_PIXELS, int(min(gray.shape) * MIN_FACE_FRACTION))
             # Haar features compare sums of regions: equalising the histogram helps dim or flat photos.
-            found = cascade.detectMultiScale(cv2.equalizeHist(gray), scaleFactor=1.1, minNeighbors=min_neighbors, minSize=(side, side))
+            found = cascade.detectMultiScale(
+                cv2.equalizeHist(gray), scaleFactor=1.1, minNeighbors=min_neighbors, minSize=(side, side)
+            )
             return [tuple(int(v) for v in box) for box in found]
 
         return detect
@@ -126,7 +128,9 @@ class OpenCvFaceDetector:
         for attempt in self._passes:
             boxes = self._run(attempt, gray)
             if boxes:
-                logger.debug("%s: %d face(s) with %d neighbours", self.name, len(boxes), attempt.min_neighbors)
+                logger.debug(
+                    "%s: %d face(s) with %d neighbours", self.name, len(boxes), attempt.min_neighbors
+                )
                 return [
                     FaceBox(x * back_x, y * back_y, (x + w) * back_x, (y + h) * back_y, attempt.score)
                     for x, y, w, h in boxes

@@ -8,6 +8,7 @@ cx, cy, w, h, objectness, 5 landmark (x, y) pairs, class score, in resized-image
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import cv2
@@ -92,7 +93,10 @@ class YoloFaceDetector:
                 fix="download the Sonic checkpoints into the models folder, or leave the detector on OpenCV",
             )
         try:
-            self._model = torch.jit.load(str(path), map_location=device).eval()
+            with warnings.catch_warnings():
+                # Recent torch marks TorchScript deprecated; the reference detector exists only in it.
+                warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+                self._model = torch.jit.load(str(path), map_location=device).eval()
         except (RuntimeError, ValueError, OSError) as exc:
             raise CheckpointError(
                 problem=f"The face detector file {path.name} could not be loaded as TorchScript ({exc})",
@@ -117,4 +121,13 @@ class YoloFaceDetector:
                 expected="(1, anchors, 16) as yoloface_v5m.pt produces",
                 fix="use the original yoloface_v5m.pt from the Sonic checkpoints",
             )
-        return decode_predictions(output, width / new_w, height / new_h)
+        faces = decode_predictions(output, width / new_w, height / new_h)
+        logger.debug(
+            "YOLOv5-face: %d face(s) in a %dx%d image (network input %dx%d)",
+            len(faces),
+            width,
+            height,
+            new_w,
+            new_h,
+        )
+        return faces

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import BadImageError
-
-logger = logging.getLogger(__name__)
 
 # Float images are converted in bands of rows so an 8K float frame never gets a second full-size float copy.
 _ROW_BAND = 512

@@ -38,6 +38,8 @@ class PreparedReference:
     faces_found: int
     detector_name: str
     warnings: list[str] = field(default_factory=list)
+    # (x1, y1, x2, y2) ints of the face in the prepared reference's pixels (the lip-sync meter reads it).
+    face_box_resized: CropBox | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -47,7 +49,11 @@ class PreparedReference:
 
 def check_min_resolution(min_resolution: int) -> None:
     low, high = MIN_RESOLUTION_RANGE
-    if not isinstance(min_resolution, int) or min_resolution % SIDE_MULTIPLE or not low <= min_resolution <= high:
+    if (
+        not isinstance(min_resolution, int)
+        or min_resolution % SIDE_MULTIPLE
+        or not low <= min_resolution <= high
+    ):
         raise BadInputError(
             problem=f"min_resolution {min_resolution!r} is not usable",
             expected=f"a multiple of {SIDE_MULTIPLE} between {low} and {high} (512 is the reference value)",
@@ -96,7 +102,7 @@ def prepare_reference(
         box = crop_box(face, (pixels.shape[1], pixels.shape[0]), expand_ratio)
         x1, y1, x2, y2 = box
         pixels = pixels[y1:y2, x1:x2]
-        face = _face_in_crop(pixels, face.scaled(1.0, 1.0), box, detector, warnings)
+        face = _face_in_crop(pixels, face, box, detector, warnings)
     height, width = pixels.shape[:2]
     new_w, new_h = resized_size(width, height, min_resolution)
     if new_w / width > UPSCALE_WARNING:
@@ -120,7 +126,13 @@ def prepare_reference(
         faces_found=faces_found,
         detector_name=str(getattr(detector, "name", type(detector).__name__)),
         warnings=warnings,
+        face_box_resized=_box_in_resized(face, new_w / width, new_h / height, new_w, new_h),
     )
+
+
+def _box_in_resized(face: FaceBox, scale_x: float, scale_y: float, width: int, height: int) -> CropBox:
+    scaled = face.scaled(scale_x, scale_y).clipped(width, height)
+    return (int(scaled.x1), int(scaled.y1), int(round(scaled.x2)), int(round(scaled.y2)))
 
 
 def _face_in_crop(
@@ -133,7 +145,9 @@ def _face_in_crop(
     try:
         found, _, _ = detect_main_face(cropped, detector)
     except BadInputError:
-        warnings.append("The face was not found again in the cropped image; using the box from the full photo.")
+        warnings.append(
+            "The face was not found again in the cropped image; using the box from the full photo."
+        )
         return shifted
     return found
 

@@ -133,12 +133,13 @@ def sample_latents(
         sigma, sigma_next = sigmas[step], sigmas[step + 1]
         summed = torch.zeros_like(latents)
         counts = torch.zeros(num_frames, dtype=torch.float32)
-        model_input = scale_model_input(latents, sigma)
         for indices in window_index_lists(num_frames, window, shift):
             index = torch.tensor(indices, dtype=torch.long)
-            v_prediction = denoise_window(model_input[index], sigma, indices)
-            stepped = euler_step(latents[index], v_prediction.to("cpu", torch.float32), sigma, sigma_next)
-            # index_add_ sums repeated indices (clips shorter than a window); plain indexed += would not
+            current = latents[index]
+            v_prediction = denoise_window(scale_model_input(current, sigma), sigma, indices)
+            stepped = euler_step(current, v_prediction.to("cpu", torch.float32), sigma, sigma_next)
+            # the reference adds frame by frame, so a frame repeated inside a window (clips shorter than a
+            # window) is summed and counted every time; index_add_ does that, indexed += would keep one copy
             summed.index_add_(0, index, stepped)
             counts.index_add_(0, index, torch.ones(len(indices)))
             done += 1

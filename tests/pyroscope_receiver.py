@@ -77,10 +77,37 @@ _SCHEMA: list[tuple[str, list[tuple[str, int, int, int, str]]]] = [
         ],
     ),
     (
+        "Line",
+        [
+            ("function_id", 1, _F.TYPE_UINT64, _F.LABEL_OPTIONAL, ""),
+            ("line", 2, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
+        ],
+    ),
+    (
+        "Location",
+        [
+            ("id", 1, _F.TYPE_UINT64, _F.LABEL_OPTIONAL, ""),
+            ("mapping_id", 2, _F.TYPE_UINT64, _F.LABEL_OPTIONAL, ""),
+            ("address", 3, _F.TYPE_UINT64, _F.LABEL_OPTIONAL, ""),
+            ("line", 4, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".rx.Line"),
+        ],
+    ),
+    (
+        "Function",
+        [
+            ("id", 1, _F.TYPE_UINT64, _F.LABEL_OPTIONAL, ""),
+            ("name", 2, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
+            ("system_name", 3, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
+            ("filename", 4, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
+        ],
+    ),
+    (
         "Profile",
         [
             ("sample_type", 1, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".rx.ValueType"),
             ("sample", 2, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".rx.Sample"),
+            ("location", 4, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".rx.Location"),
+            ("function", 5, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".rx.Function"),
             ("string_table", 6, _F.TYPE_STRING, _F.LABEL_REPEATED, ""),
             ("time_nanos", 9, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
             ("duration_nanos", 10, _F.TYPE_INT64, _F.LABEL_OPTIONAL, ""),
@@ -118,6 +145,7 @@ class ReceivedProfile:
     sample_labels: list[dict[str, str]]
     sample_values: list[int]
     strings: list[str]
+    sample_stacks: list[list[str]] = field(default_factory=list)  # function names, leaf first
 
 
 @dataclass
@@ -137,7 +165,12 @@ def decode_pprof(raw: bytes, classes: dict[str, Any], path: str, series: dict[st
     strings = list(profile.string_table)
     labels = [{strings[lab.key]: strings[lab.str] for lab in s.label} for s in profile.sample]
     values = [int(s.value[0]) if len(s.value) else 0 for s in profile.sample]
-    return ReceivedProfile(path, series, labels, values, strings)
+    function_names = {f.id: strings[f.name] for f in profile.function}
+    location_names = {
+        loc.id: [function_names.get(line.function_id, "?") for line in loc.line] for loc in profile.location
+    }
+    stacks = [[name for lid in s.location_id for name in location_names.get(lid, [])] for s in profile.sample]
+    return ReceivedProfile(path, series, labels, values, strings, stacks)
 
 
 def _legacy_series(query: dict[str, list[str]]) -> dict[str, str]:
@@ -254,6 +287,15 @@ class PyroscopeReceiver:
     def series_labels(self) -> list[dict[str, str]]:
         return [p.series_labels for p in self.profiles()]
 
+    def samples_in(self, function_name: str) -> list[tuple[dict[str, str], int]]:
+        """(labels, value) for every sample whose stack contains `function_name`."""
+        return [
+            (lab, val)
+            for p in self.profiles()
+            for lab, val, stack in zip(p.sample_labels, p.sample_values, p.sample_stacks)
+            if any(function_name in frame for frame in stack)
+        ]
+
     def tagged_samples(self) -> list[tuple[dict[str, str], int]]:
         """(labels, value) for every sample that carries at least one label."""
         return [
@@ -279,3 +321,26 @@ def free_port_refused() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+def serve_until_stdin_closes(mode: str) -> None:
+    """For a separate process (benchmarks): print the address, serve until stdin closes, print a summary."""
+    import json
+    import sys
+
+    with PyroscopeReceiver(mode) as receiver:
+        print(receiver.address, flush=True)
+        sys.stdin.read()
+        summary = {
+            "requests": len(receiver.log.requests),
+            "profiles": len(receiver.profiles()),
+            "tagged_samples": len(receiver.tagged_samples()),
+            "errors": receiver.log.errors,
+        }
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_until_stdin_closes(sys.argv[1] if len(sys.argv) > 1 else "normal")

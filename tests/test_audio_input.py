@@ -14,9 +14,13 @@ import torch
 from sonic_guard.audio_input import LoadedAudio, audio_from_comfy, fit_duration, load_audio_file
 from sonic_guard.errors import BadAudioError, BadInputError
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("ffmpeg") is None or shutil.which("espeak-ng") is None, reason="needs ffmpeg and espeak-ng"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("ffmpeg") is None or shutil.which("espeak-ng") is None,
+        reason="needs ffmpeg and espeak-ng",
+    ),
+    pytest.mark.filterwarnings("ignore:'audioop' is deprecated:DeprecationWarning"),
+]
 
 
 def _ffmpeg(src: Path, dst: Path, *args: str) -> Path:
@@ -64,7 +68,8 @@ def test_compressed_formats(speech: Path, tmp_path: Path, suffix: str, args: tup
     # The codecs keep the speech: strong correlation with the wav over the common part (mp3/aac add delay).
     n = min(len(loaded.waveform), len(reference.waveform))
     best = max(
-        abs(np.corrcoef(loaded.waveform[shift:n], reference.waveform[: n - shift])[0, 1]) for shift in range(0, 2000, 16)
+        abs(np.corrcoef(loaded.waveform[shift:n], reference.waveform[: n - shift])[0, 1])
+        for shift in range(0, 2000, 16)
     )
     assert best > 0.8
 
@@ -112,8 +117,9 @@ def test_comfy_audio_dict_batch_and_stereo(speech: Path) -> None:
 
 def test_comfy_audio_bfloat16_and_bad_shapes() -> None:
     t = torch.linspace(0, 1, 16000)
-    loaded = audio_from_comfy({"waveform": (0.3 * torch.sin(2 * torch.pi * 200 * t))[None, None].bfloat16(),
-                               "sample_rate": 16000})
+    loaded = audio_from_comfy(
+        {"waveform": (0.3 * torch.sin(2 * torch.pi * 200 * t))[None, None].bfloat16(), "sample_rate": 16000}
+    )
     assert loaded.waveform.dtype == np.float32 and loaded.waveform.shape == (16000,)
     with pytest.raises(BadAudioError, match="not a ComfyUI AUDIO"):
         audio_from_comfy({"samples": t})
@@ -161,6 +167,24 @@ def test_zero_byte_and_corrupt_and_unsupported(tmp_path: Path, speech: Path) -> 
         load_audio_file(image)
     with pytest.raises(BadAudioError, match="does not exist"):
         load_audio_file(tmp_path / "missing.wav")
+    silent_video = tmp_path / "novoice.mp4"
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=red:s=64x64:d=1",
+            "-pix_fmt",
+            "yuv420p",
+            str(silent_video),
+        ],
+        check=True,
+    )
+    with pytest.raises(BadAudioError, match="has no audio track"):
+        load_audio_file(silent_video)
 
 
 def _write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
@@ -194,7 +218,9 @@ def test_duration_cap(tmp_path: Path) -> None:
         load_audio_file(path, max_duration_s=2.0)
     assert "segments" in info.value.fix and "max audio seconds" in info.value.fix
     with pytest.raises(BadAudioError, match="limit"):
-        audio_from_comfy({"waveform": torch.from_numpy(tone)[None, None], "sample_rate": 16000}, max_duration_s=2)
+        audio_from_comfy(
+            {"waveform": torch.from_numpy(tone)[None, None], "sample_rate": 16000}, max_duration_s=2
+        )
     assert load_audio_file(path, max_duration_s=None).duration_s == 3.0
 
 

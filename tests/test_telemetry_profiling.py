@@ -32,6 +32,14 @@ def _python_work(seconds: float) -> int:
     return total
 
 
+def marker_nested_work(seconds: float) -> int:
+    return _python_work(seconds)
+
+
+def marker_after_work(seconds: float) -> int:
+    return _python_work(seconds)
+
+
 def _fixed_work(iterations: int) -> int:
     total = 0
     for _ in range(iterations):
@@ -71,6 +79,15 @@ def scenario(mode: str) -> dict:
             with observer.stage(stage):
                 _fixed_work(iterations // len(STAGES))
     out["tagged_s"] = time.perf_counter() - t0
+    if mode == "normal":
+        # Nested stages keep the outer stage's tags; leaving the outer stage removes every tag.
+        nested = telemetry.run(
+            run_tags(duration_s=1, width=64, height=64, inference_steps=1, user_tags={"phase": "n"}),
+            profile=True,
+        )
+        with nested.stage("decode"), nested.stage("encode"):
+            marker_nested_work(0.4)
+        marker_after_work(0.4)
     # Pushes happen every second; stay long enough in silent mode for one to be hanging when we stop.
     if mode == "silent":
         with observer.stage("encode"):
@@ -86,6 +103,8 @@ def scenario(mode: str) -> dict:
     out["errors"] = rx.log.errors
     out["series"] = rx.series_labels()
     out["samples"] = rx.tagged_samples()
+    out["nested_samples"] = rx.samples_in("marker_nested_work")
+    out["after_samples"] = rx.samples_in("marker_after_work")
     out["run_report"] = observer.finish()
     rx.close()
     return out
@@ -142,6 +161,15 @@ def test_samples_carry_stage_and_run_tags_and_no_paths() -> None:
         _assert_no_paths(series, library_keys=frozenset({"otel.scope.name"}))
     samples = out["samples"]
     assert samples, "no tagged samples reached the receiver"
+    assert out["nested_samples"] and all(
+        labels
+        == {"stage": "decode", "phase": "n", "duration": "5s", "resolution": "64x64", "inference_steps": "1"}
+        for labels, _ in out["nested_samples"]
+    ), out["nested_samples"]
+    assert out["after_samples"] and all(labels == {} for labels, _ in out["after_samples"]), out[
+        "after_samples"
+    ]
+    samples = [(labels, v) for labels, v in samples if labels.get("phase") != "n"]
     seen_stages = {labels["stage"] for labels, _ in samples}
     assert "sampling" in seen_stages and seen_stages <= set(STAGES)
     for labels, _ in samples:

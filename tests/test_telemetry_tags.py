@@ -109,7 +109,7 @@ def test_config_from_environment_and_explicit_values_win() -> None:
     explicit = ProfilingConfig.from_settings(
         server_address="https://p.example:443", tenant_id="b", environ=env
     )
-    assert explicit.server_address == "https://p.example" and explicit.tenant_id == "b"
+    assert explicit.server_address == "https://p.example:443" and explicit.tenant_id == "b"
     assert ProfilingConfig.from_settings(environ={}).enabled is False
 
 

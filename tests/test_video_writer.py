@@ -57,19 +57,22 @@ def test_rounds_floats_instead_of_truncating() -> None:
     assert pixels[0, 0, 0] == 255 and pixels[0, 0, 1] == 0
 
 
-@pytest.mark.parametrize("fps", [Fraction(25), Fraction(25, 2)])
+@pytest.mark.parametrize(
+    "fps,codec", [(Fraction(25), None), (Fraction(25, 2), None), (Fraction(25), "mpeg4")]
+)
 def test_speech_mp4_has_one_video_one_audio_and_equal_durations(
-    speech_wav: Path, tmp_path: Path, fps: Fraction
+    speech_wav: Path, tmp_path: Path, fps: Fraction, codec: str | None
 ) -> None:
     samples, rate = _speech(speech_wav)
     audio_s = samples.size / rate
     frames = round(audio_s * fps)
     out = tmp_path / "speech.mp4"
-    with StreamingVideoWriter(out, 64, 64, fps, audio=(samples, rate)) as writer:
+    with StreamingVideoWriter(out, 64, 64, fps, audio=(samples, rate), codec=codec) as writer:
         for index in range(frames):
             writer.write(torch.full((3, 64, 64), index / frames))
     info = writer.close()
     assert info.frames == frames and info.has_audio and info.fps == fps
+    assert info.video_codec == (codec or "libx264")
     assert _count_streams(out) == (1, 1)
     streams = _probe(out)
     video_s, sound_s = float(streams["video"]["duration"]), float(streams["audio"]["duration"])
@@ -140,16 +143,17 @@ def _rss_bytes() -> int:
 def test_host_memory_stays_flat_while_writing(tmp_path: Path) -> None:
     size, rate = 128, 16000
     audio = (np.random.default_rng(0).normal(0, 0.1, rate * 30).astype(np.float32), rate)
-    ramp = torch.linspace(0, 1, size).expand(3, size, size)
-    with StreamingVideoWriter(tmp_path / "long.mp4", size, size, 25, audio=audio, crf=30) as writer:
-        for index in range(700):
-            writer.write((ramp + index / 700) % 1.0)
-            if index == 100:  # after the encoder's look-ahead buffers have filled
+    ramp = np.broadcast_to(np.linspace(0, 1, size, dtype=np.float32), (3, size, size))
+    out = tmp_path / "long.mp4"
+    with StreamingVideoWriter(out, size, size, 25, audio=audio, crf=30, preset="ultrafast") as writer:
+        for index in range(400):
+            writer.write(torch.from_numpy((ramp + index / 400) % 1.0))
+            if index == 60:  # after the encoder's look-ahead buffers have filled
                 baseline = _rss_bytes()
         grown = _rss_bytes() - baseline
-    # Keeping the 600 later frames would cost 28 MiB as uint8 (112 MiB as float); allow noise only.
-    assert grown < 12 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB"
-    assert writer.close().frames == 700
+    # Keeping the 340 later frames would cost 16 MiB as uint8 (64 MiB as float); allow noise only.
+    assert grown < 6 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB"
+    assert writer.close().frames == 400
 
 
 def test_writer_keeps_no_reference_to_written_frames(tmp_path: Path) -> None:
@@ -163,3 +167,17 @@ def test_writer_keeps_no_reference_to_written_frames(tmp_path: Path) -> None:
         del frame
         gc.collect()
         assert ref() is None
+
+
+def test_write_stream_sizes_from_the_first_frame_and_reports_progress(tmp_path: Path) -> None:
+    from sonic_guard.video_writer import write_stream
+
+    ticks: list[int] = []
+    frames = (torch.full((3, 24, 40), index / 10) for index in range(10))
+    info = write_stream(frames, tmp_path / "stream.mp4", Fraction(25, 2), on_frame=ticks.append)
+    assert info.frames == 10 and ticks == list(range(1, 11)) and abs(info.duration_s - 0.8) < 1e-9
+    with av.open(str(tmp_path / "stream.mp4")) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (40, 24) and stream.average_rate == Fraction(25, 2)
+    with pytest.raises(ValueError):
+        write_stream(iter([]), tmp_path / "empty.mp4", 25)

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -20,7 +20,7 @@ from .gpu_readout import GpuReadout, read_gpu_memory
 from .health import HealthThresholds, LastError, build_health, classify_failure
 from .metrics import GpuCollector, SonicMetrics
 from .nvml import NvmlReading, read_nvml
-from .profiling import Profiler, ProfilerStatus
+from .profiling import Profiler, ProfilerStatus, stage_tag_items
 from .profiling_config import ProfilingConfig
 from .stages import Stage, StageRecorder, parse_stage
 from .tags import check_run_tags
@@ -29,30 +29,46 @@ from .torch_memory import read_torch_devices
 logger = logging.getLogger(__name__)
 
 
+class _ObservedStage:
+    """Context manager for one stage of a run (a class, not a generator: streamed stages switch often)."""
+
+    __slots__ = ("_observer", "_stage", "_start", "_applied")
+
+    def __init__(self, observer: RunObserver, stage: Stage) -> None:
+        self._observer = observer
+        self._stage = stage
+
+    def __enter__(self) -> None:
+        observer = self._observer
+        self._applied = (
+            observer.profiler.push_tags(observer.tag_items[self._stage]) if observer.profile else None
+        )
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        seconds = time.perf_counter() - self._start
+        observer = self._observer
+        if observer.profile:
+            observer.profiler.pop_tags(self._applied)
+        observer.recorder.add(self._stage, seconds)
+        observer.metrics.observe_stage(self._stage.value, seconds)
+
+
 class RunObserver:
     """Observes one run: times each stage (histogram + this run's report) and tags it for the profiler."""
 
     def __init__(self, telemetry: Telemetry, tags: Mapping[str, str], profile: bool) -> None:
         self._telemetry = telemetry
+        self.metrics = telemetry.metrics
+        self.profiler = telemetry.profiler
         self.tags = tags
         self.profile = profile
+        self.tag_items = {stage: stage_tag_items(stage, tags) for stage in Stage}
         self.recorder = StageRecorder()
         self._finished = False
 
-    @contextmanager
-    def stage(self, name: str | Stage) -> Iterator[None]:
-        stage = parse_stage(name)
-        start = time.perf_counter()
-        try:
-            if self.profile:
-                with self._telemetry.profiler.stage_tags(stage, self.tags):
-                    yield
-            else:
-                yield
-        finally:
-            seconds = time.perf_counter() - start
-            self.recorder.add(stage, seconds)
-            self._telemetry.metrics.observe_stage(stage.value, seconds)
+    def stage(self, name: str | Stage) -> AbstractContextManager[None]:
+        return _ObservedStage(self, parse_stage(name))
 
     def stage_seconds(self) -> dict[str, float]:
         return self.recorder.seconds()

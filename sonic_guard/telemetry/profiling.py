@@ -50,6 +50,11 @@ def _not_installed_message(error: BaseException) -> str:
     )
 
 
+def stage_tag_items(stage: Stage, run_tags: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """The (key, value) pairs a stage is tagged with: the run's tags plus `stage`."""
+    return (*((k, v) for k, v in (run_tags or {}).items() if k != "stage"), ("stage", stage.value))
+
+
 class Profiler:
     """Starts, tags and stops the process's pyroscope-io agent. Thread-safe."""
 
@@ -129,27 +134,36 @@ class Profiler:
         self._module, self._config = module, config
         return ProfilerStatus(True, "active", f"profiling on: {config.describe()}")
 
+    def push_tags(self, tags: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...] | None:
+        """Apply thread tags (already validated); returns what to pass to `pop_tags`.
+
+        Nested calls on one thread apply nothing: removing a key the outer block also set would strip its tag.
+        Calls the native functions directly (not `tag_wrapper`): streamed stages switch often.
+        """
+        depth = getattr(self._depth, "value", 0)
+        self._depth.value = depth + 1
+        module = self._module
+        if module is None or depth > 0:
+            return None
+        for key, value in tags:
+            module.add_thread_tag(key, value)
+        return tags
+
+    def pop_tags(self, applied: tuple[tuple[str, str], ...] | None) -> None:
+        self._depth.value = max(0, getattr(self._depth, "value", 1) - 1)
+        module = self._module
+        if applied and module is not None:
+            for key, value in applied:
+                module.remove_thread_tag(key, value)
+
     @contextmanager
     def stage_tags(self, stage: Stage | str, run_tags: Mapping[str, str] | None = None) -> Iterator[None]:
         """Label this thread's samples with the stage and run tags for the duration of the block."""
-        stage = parse_stage(stage)
-        module = self._module
-        depth = getattr(self._depth, "value", 0)
-        if module is None or depth > 0:
-            # Not profiling, or nested in a tagged stage (removing a shared key would strip the outer tag).
-            self._depth.value = depth + 1
-            try:
-                yield
-            finally:
-                self._depth.value = depth
-            return
-        tags = {**(run_tags or {}), "stage": stage.value}
-        self._depth.value = 1
+        applied = self.push_tags(stage_tag_items(parse_stage(stage), run_tags))
         try:
-            with module.tag_wrapper(tags):
-                yield
+            yield
         finally:
-            self._depth.value = 0
+            self.pop_tags(applied)
 
     def stop(self, timeout_s: float | None = None) -> ProfilerStatus:
         """Flush and shut the agent down on a daemon thread, waiting at most `timeout_s` (config default)."""

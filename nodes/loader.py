@@ -1,0 +1,72 @@
+"""Sonic Model Loader: the official file layout from models/sonic, wrapped for ComfyUI's model management."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from comfy_api.latest import io
+
+from ..sonic_guard.models.checkpoints import load_sonic_models
+from . import comfy_bridge as comfy
+from . import ids
+from .model_handle import SonicModelHandle, SonicModelType
+
+logger = logging.getLogger(__name__)
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+# Models cast to the chosen precision; the audio adapters, whisper and RIFE stay fp32 as in the reference.
+CAST_TO_PRECISION = ("unet", "vae", "image_encoder")
+PLACED = ("unet", "vae", "image_encoder", "whisper_encoder", "audio_token_projector", "motion_bucket_predictor",
+          "rife")
+
+
+def choose_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        # fp16 is the reference's choice on GPUs; on the CPU many fp16 kernels are missing or slow.
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+
+
+class ModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=ids.MODEL_LOADER,
+            display_name="Sonic Model Loader",
+            category=ids.CATEGORY,
+            description=(
+                "Loads Sonic (unet.pth, audio2token.pth, audio2bucket.pth), whisper-tiny, the SVD-xt VAE and image "
+                "encoder, and optionally RIFE, from a folder in models/sonic with the official layout. Weights "
+                "load with weights_only=True; a missing or wrong file is named with what was expected. Models "
+                "stay on the offload device until a stage needs them."
+            ),
+            inputs=[
+                io.Combo.Input("model_folder", options=comfy.list_model_roots(),
+                               tooltip="A folder in models/sonic that holds Sonic/unet.pth (official layout)."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
+                               tooltip="UNet, VAE and CLIP precision. auto: fp16 on a GPU, fp32 on the CPU."),
+                io.Boolean.Input("load_rife", default=True,
+                                 tooltip="Load RIFE/flownet.pkl for 25 fps output (if present)."),
+            ],
+            outputs=[SonicModelType.Output("sonic_model", tooltip="The loaded Sonic model set.")],
+        )
+
+    @classmethod
+    def execute(cls, model_folder: str, precision: str, load_rife: bool) -> io.NodeOutput:
+        root = comfy.resolve_model_root(model_folder)
+        device = comfy.compute_device()
+        dtype = choose_dtype(precision, device)
+        models = load_sonic_models(root, with_rife=load_rife)
+        for name in CAST_TO_PRECISION:
+            getattr(models, name).to(dtype)
+        notes = []
+        if load_rife and models.rife is None:
+            notes.append("RIFE/flownet.pkl not found: no RIFE interpolation (see the generator's rife_fallback)")
+        patchers = {
+            name: comfy.make_patcher(module, device)
+            for name in PLACED if (module := getattr(models, name)) is not None
+        }
+        logger.info("Sonic models loaded from %s (%s, %s)", root, dtype, device)
+        handle = SonicModelHandle(models=models, patchers=patchers, device=device, dtype=dtype,
+                                  source=model_folder, notes=tuple(notes))
+        return io.NodeOutput(handle)

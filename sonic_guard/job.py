@@ -1,0 +1,211 @@
+"""A generation job end to end: pre-flight plan, the run under OOM recovery, and the report.
+
+This is what the generator node calls. Memory policy lives in `memory.planner`; the engine in `pipeline`;
+telemetry in `telemetry`. Here they are put in order, and every decision is written into the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .audio_input import LoadedAudio
+from .face import make_face_detector
+from .guarded_run import OomRetry, run_with_oom_recovery
+from .image_prep import PreparedReference, prepare_reference
+from .memory.estimator import MemoryEstimator
+from .memory.model_specs import ModelConfigs
+from .memory.plan import ExecutionPlan, RunRequest
+from .memory.planner import PlanDecision, next_rung_after_oom, plan_run
+from .models.checkpoints import SonicModelSet
+from .pipeline import GenerationResult, generate
+from .runtime import ModelPlacer, RunHooks
+from .settings import GenerationSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class JobRequest:
+    image: Any  # anything image_prep accepts: HxWx3 uint8, float [0,1] array/tensor, PIL
+    audio: LoadedAudio  # already fitted to the requested duration
+    settings: GenerationSettings
+    output_path: Path
+    policy: str = "auto"
+    time_budget_s: float | None = None
+    collect_frames: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class JobEnvironment:
+    """What the host provides: the device, its free memory, how to recognise and recover from OOM."""
+
+    device: torch.device
+    free_memory: Callable[[], int]
+    is_oom: Callable[[BaseException], bool]
+    release_memory: Callable[[], None]
+    estimator: MemoryEstimator
+    placer_for: Callable[[ExecutionPlan], ModelPlacer] | None = None
+    hooks: RunHooks = field(default_factory=RunHooks)
+    on_event: Callable[[str, dict], None] = lambda event, data: None
+    max_retries: int = 3
+
+
+@dataclass
+class JobOutcome:
+    result: GenerationResult
+    report: dict[str, Any]
+
+
+def model_configs_of(models: SonicModelSet) -> ModelConfigs:
+    """The estimator simulates the modules the user actually loaded (full-size or small)."""
+    whisper = getattr(models.whisper_encoder, "config", None)
+    clip = getattr(models.image_encoder, "config", None)
+    vae = getattr(models.vae, "config", None)
+    base = ModelConfigs()
+    return replace(
+        base,
+        unet=dict(models.unet.config),
+        vae=dict(vae) if vae is not None else base.vae,
+        clip=clip.to_dict() if clip is not None else base.clip,
+        whisper=whisper.to_dict() if whisper is not None else base.whisper,
+        fixed_weights={},
+        audio_tokens=int(models.audio_token_projector.context_tokens),
+    )
+
+
+def plan_for(
+    reference: PreparedReference, settings: GenerationSettings, audio_seconds: float, env: JobEnvironment,
+    *, policy: str, time_budget_s: float | None, dtype: str,
+) -> PlanDecision:
+    width, height = _source_size(reference)
+    request = RunRequest(
+        image_width=width, image_height=height, min_resolution=settings.min_resolution,
+        inference_steps=settings.inference_steps, audio_seconds=audio_seconds,
+        dynamic_scale=settings.dynamic_scale, interpolate=settings.interpolation != "none", dtype=dtype,
+        attention="flash" if env.device.type == "cuda" else "math",
+    )
+    return plan_run(request, env.free_memory(), env.estimator, policy=policy, time_budget_s=time_budget_s)
+
+
+def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobOutcome:
+    started = time.perf_counter()
+    detector = make_face_detector(models.face_detector_path)
+    settings = job.settings
+    free_before = env.free_memory()
+    with env.hooks.observer.stage("preprocess"):
+        reference = prepare_reference(
+            job.image, min_resolution=settings.min_resolution, expand_ratio=settings.expand_ratio,
+            crop=settings.crop_face, detector=detector,
+        )
+    dtype = _dtype_name(models)
+    decision = plan_for(reference, settings, job.audio.duration_s, env, policy=job.policy,
+                        time_budget_s=job.time_budget_s, dtype=dtype)
+    plan = decision.plan
+    if plan.downgrades or plan.levers_applied:
+        env.on_event("downgraded", {"message": _plan_message(decision), "plan": plan.to_dict()})
+    references: dict[int, PreparedReference] = {settings.min_resolution: reference}
+
+    def attempt(plan: ExecutionPlan, tracker) -> GenerationResult:
+        if plan.min_resolution not in references:
+            references.clear()  # keep one reference in memory at a time
+            references[plan.min_resolution] = prepare_reference(
+                job.image, min_resolution=plan.min_resolution, expand_ratio=settings.expand_ratio,
+                crop=settings.crop_face, detector=detector,
+            )
+        run_settings = replace(settings, min_resolution=plan.min_resolution, inference_steps=plan.inference_steps)
+        hooks = replace(env.hooks, observer=tracker)
+        placer = env.placer_for(plan) if env.placer_for else None
+        _reset_peak(env.device)
+        return generate(
+            models, references[plan.min_resolution], job.audio, run_settings, plan, job.output_path,
+            device=env.device, hooks=hooks, placer=placer, collect_frames=job.collect_frames,
+        )
+
+    def on_retry(retry: OomRetry) -> None:
+        env.on_event("oom_recovered", {"message": f"out of memory in {retry.stage}; retrying with "
+                                       f"{', '.join(retry.levers) or 'the next rung'}"})
+
+    outcome = run_with_oom_recovery(
+        plan, attempt, observer=env.hooks.observer, next_rung=next_rung_after_oom, is_oom=env.is_oom,
+        release_memory=env.release_memory, on_retry=on_retry, max_retries=env.max_retries,
+    )
+    result = outcome.result
+    report = build_report(decision, outcome.plan, outcome.retries, result, free_before, env.device, job, started)
+    return JobOutcome(result=result, report=report)
+
+
+def build_report(
+    decision: PlanDecision, final_plan: ExecutionPlan, retries: list[OomRetry], result: GenerationResult,
+    free_before: int, device: torch.device, job: JobRequest, started: float,
+) -> dict[str, Any]:
+    measured = _measured_peak(device)
+    predicted = decision.estimate.peak_bytes
+    final_estimate = decision.estimate if final_plan == decision.plan else None
+    return {
+        "outcome": "success",
+        "device": str(device),
+        "policy": decision.policy,
+        "free_bytes_before": free_before,
+        "predicted_peak_bytes": final_estimate.peak_bytes if final_estimate else predicted,
+        "requested_peak_bytes": decision.requested_peak_bytes,
+        "measured_peak_bytes": measured,
+        "measured_peak_source": "torch.cuda.max_memory_allocated" if measured is not None else
+        "not measured: the CPU has no device allocator peak",
+        "estimator_relative_error": (measured - predicted) / predicted if measured and predicted else None,
+        "dominant_stage": decision.estimate.dominant_stage,
+        "calibration": decision.estimate.calibration,
+        "levers_applied": list(final_plan.levers_applied),
+        "downgrades": list(final_plan.downgrades),
+        "retries": [retry.__dict__ for retry in retries],
+        "plan": final_plan.to_dict(),
+        "rungs": decision.rungs,
+        "stage_seconds": {k: round(v, 4) for k, v in result.stage_seconds.items()},
+        "total_seconds": round(time.perf_counter() - started, 3),
+        "video": {"path_name": result.video.path.name, "frames": result.video.frames,
+                  "fps": float(result.fps), "duration_s": result.video.duration_s},
+        "audio_seconds": round(job.audio.duration_s, 3),
+        "av_offset_s": result.av_offset_s,
+        "notes": [*job.notes, *decision.notes, *result.notes],
+    }
+
+
+def _source_size(reference: PreparedReference) -> tuple[int, int]:
+    """The image the resolution applies to: the crop when cropping, else the original."""
+    if reference.crop_box is not None:
+        x1, y1, x2, y2 = reference.crop_box
+        return x2 - x1, y2 - y1
+    return reference.size
+
+
+def _dtype_name(models: SonicModelSet) -> str:
+    return str(next(models.unet.parameters()).dtype).removeprefix("torch.")
+
+
+def _plan_message(decision: PlanDecision) -> str:
+    plan = decision.plan
+    parts = []
+    if plan.levers_applied:
+        parts.append("levers: " + ", ".join(plan.levers_applied))
+    if plan.downgrades:
+        parts.append("downgrades: " + "; ".join(plan.downgrades))
+    gib = decision.estimate.peak_bytes / 2**30
+    return f"{' | '.join(parts)} (predicted peak {gib:.2f} GiB)"
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _measured_peak(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return None

@@ -1,0 +1,196 @@
+"""Load every Sonic model from local files, to the CPU, with strict checks and actionable errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from .audio_adapters import AudioTokenProjector, MotionBucketPredictor
+from .checkpoint_paths import ModelPaths, as_model_paths, download_hint, inspect_model_files
+from .rife import IFNet, strip_module_prefix
+from .state_dicts import check_state_dict, expected_shapes, load_checked, read_state_dict
+from .unet import SVD_XT_UNET_CONFIG, SonicUNet, build_sonic_unet
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ModelPaths", "SonicModelSet", "inspect_model_files", "load_sonic_models", "read_unet_config"]
+
+AUDIO_TOKENS = 32  # audio cross-attention tokens per frame (official)
+TOKEN_WINDOW = 10  # whisper frames per token window
+BUCKET_WINDOW = 50  # whisper frames per bucket window
+
+
+@dataclass
+class SonicModelSet:
+    """Everything a Sonic run needs, loaded on the CPU in the checkpoints' dtype."""
+
+    unet: SonicUNet
+    audio_token_projector: AudioTokenProjector
+    motion_bucket_predictor: MotionBucketPredictor
+    whisper_encoder: nn.Module
+    feature_extractor: Any
+    vae: nn.Module
+    image_encoder: nn.Module
+    rife: IFNet | None
+    face_detector_path: Path | None
+    paths: ModelPaths
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def _hf_error(what: str, folder: Path, searched: Path, exc: Exception, kind: str) -> CheckpointError:
+    return CheckpointError(
+        problem=f"The {what} in {folder} (searched {searched}) could not be loaded "
+        f"({type(exc).__name__}: {str(exc)[:200]})",
+        expected=f"a complete Hugging Face model folder at {folder} (config + weights)",
+        fix=f"download it again: {download_hint(kind)}",
+    )
+
+
+def _require_dir(folder: Path, what: str, searched: Path, kind: str) -> None:
+    if not folder.is_dir():
+        raise CheckpointError(
+            problem=f"The {what} folder {folder} was not found (searched in {searched})",
+            expected=f"a folder at {folder}",
+            fix=f"download it: {download_hint(kind)}",
+        )
+
+
+def _variant(folder: Path) -> str | None:
+    """SVD-xt often ships only fp16 weights (`*.fp16.safetensors`); use that variant when it is all there is."""
+    names = [p.name for p in folder.iterdir() if p.is_file()]
+    weights = [n for n in names if n.endswith((".safetensors", ".bin"))]
+    plain = [n for n in weights if ".fp16." not in n]
+    return "fp16" if weights and not plain else None
+
+
+def read_unet_config(paths: ModelPaths) -> dict[str, Any]:
+    """svd/unet/config.json when present, else the built-in SVD-xt values."""
+    config_path = paths.svd / "unet" / "config.json"
+    if not config_path.is_file():
+        logger.info("no %s; using the built-in SVD-xt UNet config", config_path)
+        return dict(SVD_XT_UNET_CONFIG)
+    try:
+        loaded = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise _hf_error("UNet config", config_path, paths.searched(config_path), exc, "unet_config") from exc
+    config = dict(SVD_XT_UNET_CONFIG)
+    config.update({k: v for k, v in loaded.items() if k in SVD_XT_UNET_CONFIG})
+    return config
+
+
+def load_unet(paths: ModelPaths, config: dict[str, Any]) -> SonicUNet:
+    unet = build_sonic_unet(config, device="meta")
+    searched = paths.searched(paths.unet)
+    state = read_state_dict(paths.unet, "Sonic UNet (unet.pth)", searched, download_hint("unet"))
+    return load_checked(unet, state, paths.unet, "Sonic UNet (unet.pth)", searched, download_hint("unet"))
+
+
+def load_audio_adapters(paths: ModelPaths, whisper_dim: int, whisper_layers: int, cross_dim: int,
+                        clip_dim: int) -> tuple[AudioTokenProjector, MotionBucketPredictor]:
+    with torch.device("meta"):
+        projector = AudioTokenProjector(TOKEN_WINDOW, whisper_layers + 1, whisper_dim, cross_dim, cross_dim,
+                                        AUDIO_TOKENS)
+        predictor = MotionBucketPredictor(BUCKET_WINDOW, 1, whisper_dim, clip_dim, cross_dim, 1, 2)
+    loaded = []
+    for module, path, what in ((projector, paths.audio2token, "audio2token.pth"),
+                               (predictor, paths.audio2bucket, "audio2bucket.pth")):
+        searched, hint = paths.searched(path), download_hint("sonic")
+        state = read_state_dict(path, what, searched, hint)
+        loaded.append(load_checked(module, state, path, what, searched, hint))
+    return loaded[0], loaded[1]
+
+
+def load_rife(path: Path, searched: Path) -> IFNet:
+    what, hint = "RIFE flownet.pkl", download_hint("rife")
+    raw = read_state_dict(path, what, searched, hint)
+    with torch.device("meta"):
+        net = IFNet()
+    state = strip_module_prefix(raw)
+    if not state:
+        check_state_dict(raw, {"module." + k: s for k, s in expected_shapes(net).items()}, path, what, searched,
+                         hint)
+    return load_checked(net, state, path, what, searched, hint)
+
+
+def load_whisper(folder: Path, searched: Path) -> tuple[nn.Module, Any, Any]:
+    from transformers import WhisperFeatureExtractor, WhisperModel
+
+    _require_dir(folder, "whisper-tiny", searched, "whisper")
+    try:
+        model = WhisperModel.from_pretrained(folder, local_files_only=True)
+        extractor = WhisperFeatureExtractor.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise _hf_error("whisper-tiny model", folder, searched, exc, "whisper") from exc
+    return model.encoder.eval(), extractor, model.config
+
+
+def load_vae_and_clip(svd: Path, searched: Path) -> tuple[nn.Module, nn.Module]:
+    from diffusers import AutoencoderKLTemporalDecoder
+    from transformers import CLIPVisionModelWithProjection
+
+    _require_dir(svd, "stable-video-diffusion-img2vid-xt", searched, "svd")
+    vae_dir, clip_dir = svd / "vae", svd / "image_encoder"
+    _require_dir(vae_dir, "SVD VAE", searched, "vae")
+    _require_dir(clip_dir, "SVD image encoder", searched, "image_encoder")
+    try:
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir, variant=_variant(vae_dir), local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise _hf_error("SVD VAE", vae_dir, searched, exc, "vae") from exc
+    try:
+        clip = CLIPVisionModelWithProjection.from_pretrained(clip_dir, variant=_variant(clip_dir),
+                                                             local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise _hf_error("SVD CLIP image encoder", clip_dir, searched, exc, "image_encoder") from exc
+    return vae.eval(), clip.eval()
+
+
+def _scheduler_config(svd: Path) -> dict[str, Any]:
+    path = svd / "scheduler" / "scheduler_config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        logger.warning("unreadable scheduler config %s; the sampler uses its built-in SVD-xt values", path)
+        return {}
+
+
+def load_sonic_models(source: Path | str | ModelPaths, *, with_rife: bool = True) -> SonicModelSet:
+    """Load all models to the CPU from a root folder (official layout) or explicit `ModelPaths`; no network."""
+    paths = as_model_paths(source)
+    unet_config = read_unet_config(paths)
+    cross_dim = int(unet_config["cross_attention_dim"])
+    whisper, extractor, whisper_config = load_whisper(paths.whisper, paths.searched(paths.whisper))
+    vae, clip = load_vae_and_clip(paths.svd, paths.searched(paths.svd))
+    clip_dim = int(clip.config.projection_dim)
+    if clip_dim != cross_dim:
+        raise CheckpointError(
+            problem=f"The SVD image encoder projects to {clip_dim} channels but the UNet expects {cross_dim}",
+            expected="an image_encoder and unet/config.json from the same stable-video-diffusion-img2vid-xt",
+            fix=f"download the SVD folder again: {download_hint('svd')}",
+        )
+    unet = load_unet(paths, unet_config)
+    projector, predictor = load_audio_adapters(paths, int(whisper_config.d_model),
+                                               int(whisper_config.encoder_layers), cross_dim, clip_dim)
+    rife = None
+    if with_rife and paths.rife is not None:
+        rife = load_rife(paths.rife, paths.searched(paths.rife))
+    face = paths.yoloface if paths.yoloface is not None and paths.yoloface.is_file() else None
+    summary = {
+        "unet_config": unet_config,
+        "cross_attention_dim": cross_dim,
+        "whisper_d_model": int(whisper_config.d_model),
+        "whisper_encoder_layers": int(whisper_config.encoder_layers),
+        "vae_scaling_factor": float(getattr(vae.config, "scaling_factor", 0.18215)),
+        "scheduler_config": _scheduler_config(paths.svd),
+        "has_rife": rife is not None,
+        "has_face_detector": face is not None,
+    }
+    return SonicModelSet(unet=unet, audio_token_projector=projector, motion_bucket_predictor=predictor,
+                         whisper_encoder=whisper, feature_extractor=extractor, vae=vae, image_encoder=clip,
+                         rife=rife, face_detector_path=face, paths=paths, config=summary)
