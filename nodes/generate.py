@@ -18,7 +18,7 @@ def generation_widgets() -> list[io.Input]:
         io.Float.Input("duration", default=0.0, min=0.0, max=3600.0, step=0.1,
                        tooltip="Seconds of audio to use. 0 = the whole audio. Longer than the audio pads with "
                        "silence; shorter trims. Either is reported."),
-        io.Int.Input("min_resolution", default=512, min=256, max=2048, step=64,
+        io.Int.Input("min_resolution", default=512, min=128, max=2048, step=64,
                      tooltip="Short side of the video in px (multiple of 64). The memory guard may lower it in "
                      "64-px steps if nothing else fits (policy auto) and says so."),
         io.Float.Input("expand_ratio", default=0.5, min=0.0, max=2.0, step=0.05,

@@ -10,7 +10,9 @@ from typing import Any
 
 from server import PromptServer
 
+from ..sonic_guard.telemetry.health import HealthThresholds
 from ..sonic_guard.telemetry.hub import Telemetry
+from .comfy_bridge import compute_device
 
 _ATTRIBUTE = "sonic_guard_services"
 
@@ -25,7 +27,9 @@ def install_services() -> PackServices:
     existing = getattr(PromptServer.instance, _ATTRIBUTE, None)
     if existing is not None:
         return existing
-    services = PackServices(telemetry=Telemetry())
+    # A worker started with --cpu is healthy without a GPU; one that should have a GPU is not.
+    require_gpu = compute_device().type == "cuda"
+    services = PackServices(telemetry=Telemetry(thresholds=HealthThresholds(require_gpu=require_gpu)))
     setattr(PromptServer.instance, _ATTRIBUTE, services)
     return services
 

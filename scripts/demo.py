@@ -79,7 +79,7 @@ def main() -> int:
         logger.info("models: real Sonic weights in %s", model_name)
     else:
         # The small model is random: its video is noise shaped by the pipeline. Keep the CPU run short.
-        generator["inputs"].update(min_resolution=256, inference_steps=4)
+        generator["inputs"].update(min_resolution=128, inference_steps=4)
         logger.info(
             "models: NO real weights found, so a SMALL GENERATED MODEL with random weights is used (official "
             "layout, tiny sizes). The video shows noise, not a talking face. Put real weights in %s or set "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import struct
 import subprocess
 from pathlib import Path
 
@@ -107,18 +108,15 @@ def check_decoded(samples: np.ndarray, rate: int, source: str, max_duration_s: f
     bad = int(np.count_nonzero(~np.isfinite(samples)))
     if bad:
         raise BadAudioError(
-            problem=f"The audio ({source}) contains {bad} NaN or infinite sample values "
-            f"out of {samples.size}",
+            problem=f"The audio ({source}) contains {bad} NaN or infinite sample values out of {samples.size}",
             expected="finite sample values between -1 and 1",
             fix="the audio was corrupted by an earlier node or export; re-export it or check the node before",
         )
     duration = samples.shape[-1] / rate
     if duration < MIN_AUDIO_S:
         raise BadAudioError(
-            problem=f"The audio ({source}) lasts only {duration * 1000:.0f} ms, "
-            "too short for one video frame",
-            expected=f"at least {MIN_AUDIO_S * 1000:.0f} ms; "
-            f"{RECOMMENDED_MIN_S:g} s or more for visible lip sync",
+            problem=f"The audio ({source}) lasts only {duration * 1000:.0f} ms, too short for one video frame",
+            expected=f"at least {MIN_AUDIO_S * 1000:.0f} ms; {RECOMMENDED_MIN_S:g} s or more for visible lip sync",
             fix="use a longer speech recording",
         )
     if max_duration_s is not None and duration > max_duration_s:
@@ -137,7 +135,34 @@ def check_playable(waveform_16k: np.ndarray, source: str, notes: list[str] | Non
     seconds = waveform_16k.shape[0] / TARGET_SAMPLE_RATE
     if notes is not None and seconds < RECOMMENDED_MIN_S:
         notes.append(
-            f"The audio is only {seconds:.2f} s long; "
-            f"at least {RECOMMENDED_MIN_S:g} s gives visible lip sync."
+            f"The audio is only {seconds:.2f} s long; at least {RECOMMENDED_MIN_S:g} s gives visible lip sync."
         )
         logger.warning(notes[-1])
+
+
+_WAVE_FORMAT_IEEE_FLOAT = 3
+_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+_HEADER_BYTES = 65536
+
+
+def wav_holds_float_samples(path: Path) -> bool:
+    """True for a RIFF/WAVE file whose samples are IEEE floats (plain or WAVE_FORMAT_EXTENSIBLE header)."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(_HEADER_BYTES)
+    except OSError:
+        return False
+    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+        return False
+    position = 12
+    while position + 8 <= len(header):
+        chunk_id = header[position : position + 4]
+        size = struct.unpack_from("<I", header, position + 4)[0]
+        body = position + 8
+        if chunk_id == b"fmt " and body + 2 <= len(header):
+            tag = struct.unpack_from("<H", header, body)[0]
+            if tag == _WAVE_FORMAT_EXTENSIBLE and size >= 26 and body + 26 <= len(header):
+                tag = struct.unpack_from("<H", header, body + 24)[0]  # first two bytes of the sub-format GUID
+            return tag == _WAVE_FORMAT_IEEE_FLOAT
+        position = body + size + (size & 1)
+    return False

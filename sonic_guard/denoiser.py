@@ -11,7 +11,6 @@ worth goes to the device per UNet call. `cfg_batch` trades speed for memory with
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 
 from .features import AudioFeatures
 from .models.audio_adapters import raw_to_bucket
-from .sampler import DenoiseWindow, combine_guidance
+from .sampler import DenoiseWindow, combine_guidance, sigma_to_timestep
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +126,7 @@ def make_denoise_window(
     clip_branches = torch.cat([torch.zeros_like(clip), clip, clip])  # [3, 1, D]
     latent = conditioning.conditioning_latent.to(device=device, dtype=dtype)
     mask = None if conditioning.face_mask is None else conditioning.face_mask.to(device=device, dtype=dtype)
-    buckets = conditioning.frame_buckets.to(torch.float32)
+    buckets = conditioning.frame_buckets.to(device="cpu", dtype=torch.float32)
     groups = CFG_BATCH_GROUPS[cfg_batch]
 
     @torch.no_grad()
@@ -144,7 +143,7 @@ def make_denoise_window(
         # window-mean buckets, in the UNet dtype as the reference builds added_time_ids
         bucket = buckets[index].mean(dim=0) * dynamic_scale
         time_ids = torch.tensor([FPS_ID, float(bucket[0]), float(bucket[1])], dtype=dtype, device=device)
-        timestep = torch.tensor(0.25 * math.log(sigma), dtype=torch.float32, device=device)
+        timestep = torch.tensor(sigma_to_timestep(sigma), dtype=torch.float32, device=device)
         outputs: dict[int, torch.Tensor] = {}
         for group in groups:
             picked = list(group)

@@ -46,9 +46,7 @@ class FaceBox:
         points = None
         if self.landmarks is not None:
             points = tuple((x * scale_x, y * scale_y) for x, y in self.landmarks)
-        return FaceBox(
-            self.x1 * scale_x, self.y1 * scale_y, self.x2 * scale_x, self.y2 * scale_y, self.score, points
-        )
+        return FaceBox(self.x1 * scale_x, self.y1 * scale_y, self.x2 * scale_x, self.y2 * scale_y, self.score, points)
 
     def clipped(self, width: int, height: int) -> FaceBox:
         return FaceBox(
@@ -117,8 +115,7 @@ def no_face_error(detail: str, detector_name: str = "") -> NoFaceError:
     by = f" by the {detector_name} detector" if detector_name else ""
     return NoFaceError(
         problem=f"No face was found in the image{by} ({detail})",
-        expected=f"a clear, front-facing face at least {MIN_FACE_SIDE} pixels tall, not covered, "
-        "in reasonable light",
+        expected=f"a clear, front-facing face at least {MIN_FACE_SIDE} pixels tall, not covered, in reasonable light",
         fix="use a different photo with a frontal face, crop the photo tighter around the face, or, "
         "for cartoon and stylised faces, place yoloface_v5m.pt in the Sonic models folder "
         "so the stronger detector is used",

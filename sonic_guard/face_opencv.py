@@ -128,9 +128,7 @@ class OpenCvFaceDetector:
         for attempt in self._passes:
             boxes = self._run(attempt, gray)
             if boxes:
-                logger.debug(
-                    "%s: %d face(s) with %d neighbours", self.name, len(boxes), attempt.min_neighbors
-                )
+                logger.debug("%s: %d face(s) with %d neighbours", self.name, len(boxes), attempt.min_neighbors)
                 return [
                     FaceBox(x * back_x, y * back_y, (x + w) * back_x, (y + h) * back_y, attempt.score)
                     for x, y, w, h in boxes

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 from .errors import BadImageError
 
 # Float images are converted in bands of rows so an 8K float frame never gets a second full-size float copy.
 _ROW_BAND = 512
+ImageInput = np.ndarray | Image.Image | torch.Tensor
 _EXIF_ORIENTATION = 0x0112
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
-def to_rgb_uint8(image: object) -> tuple[np.ndarray, list[str]]:
+def to_rgb_uint8(image: ImageInput) -> tuple[np.ndarray, list[str]]:
     """Normalise an image to RGB uint8; notes say what was done (alpha on white, batch, bit depth...)."""
     notes: list[str] = []
     if isinstance(image, Image.Image):

@@ -13,11 +13,11 @@ from PIL import Image
 from .errors import BadInputError
 from .face_crop import CropBox, crop_box, face_mask
 from .face_detect import FaceBox, FaceDetector, check_detectable_image, find_main_face
-from .image_convert import to_rgb_uint8
+from .image_convert import ImageInput, to_rgb_uint8
 
 logger = logging.getLogger(__name__)
 
-MIN_RESOLUTION_RANGE = (256, 2048)
+MIN_RESOLUTION_RANGE = (128, 2048)  # 128 only makes sense for small test models; 512 is the reference
 SIDE_MULTIPLE = 64
 CLIP_SIZE = 224
 # Detection runs on a copy whose long side is at most this, so 8K photos cost no more than 2K ones.
@@ -49,11 +49,7 @@ class PreparedReference:
 
 def check_min_resolution(min_resolution: int) -> None:
     low, high = MIN_RESOLUTION_RANGE
-    if (
-        not isinstance(min_resolution, int)
-        or min_resolution % SIDE_MULTIPLE
-        or not low <= min_resolution <= high
-    ):
+    if not isinstance(min_resolution, int) or min_resolution % SIDE_MULTIPLE or not low <= min_resolution <= high:
         raise BadInputError(
             problem=f"min_resolution {min_resolution!r} is not usable",
             expected=f"a multiple of {SIDE_MULTIPLE} between {low} and {high} (512 is the reference value)",
@@ -84,7 +80,7 @@ def detect_main_face(image_rgb: np.ndarray, detector: FaceDetector) -> tuple[Fac
 
 
 def prepare_reference(
-    image: object,
+    image: ImageInput,
     *,
     min_resolution: int = 512,
     expand_ratio: float = 0.5,
@@ -145,9 +141,7 @@ def _face_in_crop(
     try:
         found, _, _ = detect_main_face(cropped, detector)
     except BadInputError:
-        warnings.append(
-            "The face was not found again in the cropped image; using the box from the full photo."
-        )
+        warnings.append("The face was not found again in the cropped image; using the box from the full photo.")
         return shifted
     return found
 

@@ -126,9 +126,8 @@ def pad_to_frame_count(frames: Iterable[torch.Tensor], count: int) -> Iterator[t
 def _midpoint_on_device(
     img0: torch.Tensor, img1: torch.Tensor, mode: str, midpoint: Midpoint | None, device: str | torch.device
 ) -> torch.Tensor:
-    if mode == "blend":
+    if mode == "blend" or midpoint is None:  # interpolate_stream only lets 'blend' through without one
         return blend_midpoint(img0, img1)
-    assert midpoint is not None  # checked by interpolate_stream
     with torch.no_grad():
         a = img0.to(device=device, dtype=torch.float32).unsqueeze(0)
         b = img1.to(device=device, dtype=torch.float32).unsqueeze(0)

@@ -73,8 +73,8 @@ class MouthMotionMeter:
     """Streaming helper: `update(frame)` per written frame; keeps the previous crop and one float a frame."""
 
     mouth_box: Box
-    _previous: np.ndarray | None = None
-    _energies: list[float] = field(default_factory=list)
+    _previous: np.ndarray | None = field(default=None, init=False, repr=False)
+    _energies: list[float] = field(default_factory=list, init=False, repr=False)
 
     def update(self, frame: np.ndarray | torch.Tensor) -> None:
         crop = _gray_crop(frame, self.mouth_box)

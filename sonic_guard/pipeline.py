@@ -29,9 +29,10 @@ from .memory.plan import ExecutionPlan
 from .models.checkpoints import SonicModelSet
 from .runtime import DevicePlacer, ModelPlacer, RunHooks, StageSwitcher, staged
 from .sampler import sample_latents
+from .segments import stitch_videos
 from .settings import GenerationSettings
 from .smoothing import smooth_motion
-from .video_writer import StreamingVideoWriter, VideoFileInfo, remux_with_audio
+from .video_writer import StreamingVideoWriter, VideoFileInfo
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,8 @@ def generate(
             on_window=on_window,
         )
 
-    mode = choose_mode(settings.interpolation, models.rife_midpoint, settings.interpolation_fallback)
+    rife_midpoint = models.rife.midpoint if models.rife is not None else None
+    mode = choose_mode(settings.interpolation, rife_midpoint, settings.interpolation_fallback)
     if mode.note:
         notes.append(mode.note)
     fps = output_fps(mode.mode)
@@ -132,7 +134,7 @@ def generate(
             if settings.smooth_motion > 0:
                 decoded = staged(switcher, "interpolation", smooth_motion(decoded, settings.smooth_motion))
             frames = staged(switcher, "interpolation", interpolate_stream(
-                decoded, mode.mode, models.rife_midpoint, device=device
+                decoded, mode.mode, rife_midpoint, device=device
             ))
             video, collected, offset = _encode(
                 pad_to_frame_count(frames, target_frames), output_path, width, height, fps, audio, settings,
@@ -187,7 +189,8 @@ def _encode(
     collected: list[np.ndarray] = []
     # With lip-sync correction the audio is muxed after the offset is known, so write the video alone first.
     writer_audio = None if meter is not None else audio_track
-    with StreamingVideoWriter(output_path, width, height, fps, audio=writer_audio) as writer:
+    video_path = output_path.with_name(output_path.stem + ".video" + output_path.suffix) if meter else output_path
+    with StreamingVideoWriter(video_path, width, height, fps, audio=writer_audio) as writer:
         for frame in frames:
             switcher.switch("encode")
             writer.write(frame)
@@ -195,12 +198,13 @@ def _encode(
                 meter.update(frame)
             if collect_frames:
                 collected.append((frame.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy())
-    video = writer.info
+        video = writer.close()
     offset = None
     if meter is not None:
         switcher.switch("encode")
         estimate = measure_av_offset(meter.energies, audio.waveform, float(fps))
         offset = estimate.correction_s()
-        video = remux_with_audio(output_path, audio_track, audio_offset_s=offset)
+        video = stitch_videos([video_path], output_path, audio_track, audio_offset_s=offset)
+        video_path.unlink(missing_ok=True)
     frames_tensor = torch.from_numpy(np.stack(collected)).float() / 255.0 if collected else None
     return video, frames_tensor, offset

@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .errors import BadInputError
+from .image_prep import MIN_RESOLUTION_RANGE
 
 INTERPOLATION_MODES = ("rife", "blend", "none")
-MIN_RESOLUTION_RANGE = (256, 2048)
 STEPS_RANGE = (1, 100)
 
 

@@ -120,9 +120,7 @@ _SCHEMA: list[tuple[str, list[tuple[str, int, int, int, str]]]] = [
 
 def build_message_classes() -> dict[str, Any]:
     """Message classes for PushRequest and pprof Profile, from a private descriptor pool."""
-    file_proto = descriptor_pb2.FileDescriptorProto(
-        name="sonic_guard_rx.proto", package="rx", syntax="proto3"
-    )
+    file_proto = descriptor_pb2.FileDescriptorProto(name="sonic_guard_rx.proto", package="rx", syntax="proto3")
     for name, fields in _SCHEMA:
         message = file_proto.message_type.add(name=name)
         for field_name, number, ftype, label, type_name in fields:
@@ -131,9 +129,7 @@ def build_message_classes() -> dict[str, Any]:
                 added.type_name = type_name
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file_proto)
-    return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"rx.{name}")) for name, _ in _SCHEMA
-    }
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"rx.{name}")) for name, _ in _SCHEMA}
 
 
 @dataclass
@@ -233,9 +229,7 @@ class PyroscopeReceiver:
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="pyroscope-receiver", daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="pyroscope-receiver", daemon=True)
 
     @property
     def address(self) -> str:
@@ -268,9 +262,7 @@ class PyroscopeReceiver:
             request.ParseFromString(body)
             for series in request.series:
                 labels = {pair.name: pair.value for pair in series.labels}
-                found.extend(
-                    decode_pprof(s.raw_profile, self._classes, parsed.path, labels) for s in series.samples
-                )
+                found.extend(decode_pprof(s.raw_profile, self._classes, parsed.path, labels) for s in series.samples)
         elif parsed.path == "/ingest":
             labels = _legacy_series(urllib.parse.parse_qs(parsed.query))
             found.append(decode_pprof(_multipart_profile(body), self._classes, parsed.path, labels))
@@ -298,9 +290,7 @@ class PyroscopeReceiver:
 
     def tagged_samples(self) -> list[tuple[dict[str, str], int]]:
         """(labels, value) for every sample that carries at least one label."""
-        return [
-            (lab, val) for p in self.profiles() for lab, val in zip(p.sample_labels, p.sample_values) if lab
-        ]
+        return [(lab, val) for p in self.profiles() for lab, val in zip(p.sample_labels, p.sample_values) if lab]
 
 
 def _multipart_profile(body: bytes) -> bytes:

@@ -74,6 +74,16 @@ def test_compressed_formats(speech: Path, tmp_path: Path, suffix: str, args: tup
     assert best > 0.8
 
 
+@pytest.mark.parametrize("codec", ["pcm_f32le", "pcm_f64le", "pcm_u8"])
+def test_float_and_8bit_wav(speech: Path, tmp_path: Path, codec: str) -> None:
+    # ffmpeg writes float wavs with a WAVE_FORMAT_EXTENSIBLE header, which pydub alone misreads as integers.
+    converted = _ffmpeg(speech, tmp_path / f"speech_{codec}.wav", "-c:a", codec)
+    loaded = load_audio_file(converted)
+    reference = load_audio_file(speech)
+    assert np.corrcoef(loaded.waveform, reference.waveform)[0, 1] > 0.999
+    assert abs(np.abs(loaded.waveform).max() - np.abs(reference.waveform).max()) < 0.02
+
+
 @pytest.mark.parametrize("rate,args", [(8000, ()), (192000, ("-c:a", "pcm_s24le"))])
 def test_extreme_sample_rates(speech: Path, tmp_path: Path, rate: int, args: tuple[str, ...]) -> None:
     converted = _ffmpeg(speech, tmp_path / f"speech_{rate}.wav", "-ar", str(rate), *args)
@@ -218,9 +228,7 @@ def test_duration_cap(tmp_path: Path) -> None:
         load_audio_file(path, max_duration_s=2.0)
     assert "segments" in info.value.fix and "max audio seconds" in info.value.fix
     with pytest.raises(BadAudioError, match="limit"):
-        audio_from_comfy(
-            {"waveform": torch.from_numpy(tone)[None, None], "sample_rate": 16000}, max_duration_s=2
-        )
+        audio_from_comfy({"waveform": torch.from_numpy(tone)[None, None], "sample_rate": 16000}, max_duration_s=2)
     assert load_audio_file(path, max_duration_s=None).duration_s == 3.0
 
 

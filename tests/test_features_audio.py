@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -16,6 +17,15 @@ from sonic_guard.errors import BadAudioError
 from sonic_guard.features import AudioFeatures, extract_audio_features
 
 C = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # the CPU is shared by many jobs; one thread avoids oversubscription stalls
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +54,11 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     return resample_poly(pcm.astype(np.float32) / 32768.0, 320, 441).astype(np.float32)
 
 
+@pytest.fixture(scope="module")
+def speech_features(speech: np.ndarray, encoder: nn.Module, extractor: WhisperFeatureExtractor) -> AudioFeatures:
+    return extract_audio_features(speech, encoder, extractor, device="cpu")
+
+
 def _piece_states(piece: np.ndarray, encoder: nn.Module, extractor: WhisperFeatureExtractor) -> torch.Tensor:
     mel = extractor(piece, sampling_rate=16000, return_tensors="pt").input_features
     with torch.no_grad():
@@ -62,9 +77,9 @@ def test_one_pass_gives_both_reference_outputs(encoder: nn.Module) -> None:
 
 
 def test_speech_features_shapes_padding_and_values(
-    speech: np.ndarray, encoder: nn.Module, extractor: WhisperFeatureExtractor
+    speech: np.ndarray, speech_features: AudioFeatures, encoder: nn.Module, extractor: WhisperFeatureExtractor
 ) -> None:
-    feats = extract_audio_features(speech, encoder, extractor, device="cpu")
+    feats = speech_features
     frames = speech.shape[0] // 640
     w = 2 * frames
     assert feats.num_frames_25fps == frames
@@ -82,9 +97,8 @@ def test_speech_features_shapes_padding_and_values(
     assert expected[:, -1].std(dim=0).mean() > 1e-3
 
 
-def test_window_arithmetic_by_hand(speech: np.ndarray, encoder: nn.Module,
-                                   extractor: WhisperFeatureExtractor) -> None:
-    feats = extract_audio_features(speech, encoder, extractor)
+def test_window_arithmetic_by_hand(speech_features: AudioFeatures) -> None:
+    feats = speech_features
     states = feats.multi_layer[4:-6]  # unpadded Whisper frames
     last = states[:, -1:]
     n = feats.num_generated_frames

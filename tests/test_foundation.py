@@ -7,9 +7,9 @@ import importlib.util
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,7 +75,7 @@ def test_dependency_list_parses_and_follows_policy() -> None:
     assert comfy["requires-comfyui"] == ">=0.3.75"
 
     lines = [
-        line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()
+        line.split(" #")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()
         if line.strip() and not line.strip().startswith("#")
     ]
     requirements = {Requirement(line).name.lower(): Requirement(line) for line in lines}

@@ -15,7 +15,7 @@ WORKFLOWS = REPO / "workflows"
 def basic_prompt(**generator_inputs: object) -> dict:
     prompt = json.loads((WORKFLOWS / "sonic_basic_api.json").read_text())
     prompt["1"]["inputs"]["model_folder"] = "tiny-sonic"
-    prompt["4"]["inputs"].update({"min_resolution": 256, "inference_steps": 2, **generator_inputs})
+    prompt["4"]["inputs"].update({"min_resolution": 128, "inference_steps": 2, **generator_inputs})
     return prompt
 
 

@@ -64,16 +64,19 @@ def test_run_report_becomes_metrics() -> None:
     telemetry = Telemetry()
     telemetry.record_run(
         {
-            "predicted_peak_bytes": 11 * GIB,
-            "measured_peak_bytes": 10 * GIB,
+            "predicted_peak_bytes": 10 * GIB,
+            "measured_peak_bytes": 11 * GIB,
             "stage_seconds": {"sampling": 42.0, "decode": 3.0, "bogus_stage": 1.0},
-            "downgrades": ["resolution", {"lever": "inference_steps", "from": 25, "to": 20}],
-            "oom_retries": 2,
+            # The plan's "name: from→to" form, a bare name, and a mapping.
+            "downgrades": ["resolution: 1024→768", "decode_chunk", {"lever": "inference_steps", "from": 25}],
+            "retries": [{"lever": "decode_chunk"}, {"lever": "resolution"}],
+            "levers_applied": ["cfg_batch: 3→1", "offload_idle_models: off→on"],
         }
     )
     telemetry.record_run({"outcome": "failure", "failure_reason": "no_face"})
-    telemetry.record_run({"outcome": "cancelled"})
     telemetry.record_run({"outcome": "failure", "failure_reason": "Traceback in /home/me/x.py"})
+    telemetry.record_run({"outcome": "cancelled"})
+    assert telemetry.last_error is not None and telemetry.last_error.reason == "other"  # cancels are not errors
     s = scrape(telemetry)
     assert value(s, "sonic_runs_total", outcome="success") == 1
     assert value(s, "sonic_runs_total", outcome="failure") == 2
@@ -85,15 +88,15 @@ def test_run_report_becomes_metrics() -> None:
     assert value(s, "sonic_stage_seconds_bucket", stage="sampling", le="60.0") == 1
     assert value(s, "sonic_stage_seconds_bucket", stage="sampling", le="30.0") == 0
     assert not any("bogus_stage" in str(key) for key in s)
-    assert (
-        value(s, "sonic_predicted_peak_bytes") == 11 * GIB
-        and value(s, "sonic_measured_peak_bytes") == 10 * GIB
-    )
-    assert value(s, "sonic_estimator_relative_error_bucket", le="0.1") == 1  # +10 % overestimate
+    assert value(s, "sonic_predicted_peak_bytes") == 10 * GIB and value(s, "sonic_measured_peak_bytes") == 11 * GIB
+    assert value(s, "sonic_estimator_relative_error_bucket", le="0.1") == 1  # needed 10 % more than predicted
     assert value(s, "sonic_estimator_relative_error_bucket", le="0.05") == 0
     assert value(s, "sonic_downgrades_total", lever="resolution") == 1
     assert value(s, "sonic_downgrades_total", lever="inference_steps") == 1
+    assert value(s, "sonic_downgrades_total", lever="decode_chunk") == 1
     assert value(s, "sonic_oom_retries_total") == 2
+    assert value(s, "sonic_levers_applied_total", lever="cfg_batch") == 1
+    assert value(s, "sonic_levers_applied_total", lever="offload_idle_models") == 1
     assert all("/" not in v for key in s for _, v in key[1])
 
 
@@ -218,9 +221,7 @@ def test_health_snapshot_on_this_machine() -> None:
 
 def test_health_thresholds_and_last_error() -> None:
     thresholds = HealthThresholds(min_free_gpu_bytes=8 * GIB, max_queue_length=5)
-    telemetry = Telemetry(
-        thresholds=thresholds, nvml_reader=lambda: fixed_reading(_gpu(0, 20.0), _gpu(1, 9.0))
-    )
+    telemetry = Telemetry(thresholds=thresholds, nvml_reader=lambda: fixed_reading(_gpu(0, 20.0), _gpu(1, 9.0)))
     snapshot = telemetry.health_snapshot(queue_length=0)
     assert snapshot["status"] == "ok" and snapshot["gpu"]["free_bytes"] == 9 * GIB
     assert [d["gpu"] for d in snapshot["gpu"]["devices"]] == [0, 1]

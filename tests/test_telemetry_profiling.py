@@ -2,7 +2,7 @@
 
 pyroscope-io keeps one agent per process, and a shutdown stuck on a silent server stays stuck, so every
 scenario runs in its own Python process (this file run as a script); the test reads what it printed and also
-times the whole process, which checks that exit is bounded.
+times how long the process takes to exit after its last line, which checks that exit is bounded.
 """
 
 from __future__ import annotations
@@ -125,8 +125,8 @@ def _torch_stage(observer: object) -> float:
 
 
 def run_scenario(mode: str) -> tuple[dict, float]:
+    """(what the child printed, seconds between its last line and its exit)."""
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
-    t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), mode],
         cwd=REPO,
@@ -135,9 +135,10 @@ def run_scenario(mode: str) -> tuple[dict, float]:
         text=True,
         timeout=60,
     )
-    wall = time.perf_counter() - t0
+    exited = time.time()
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1]), wall
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out, exited - out["finished_at"]
 
 
 def _assert_no_paths(labels: dict[str, str], library_keys: frozenset[str] = frozenset()) -> None:
@@ -162,13 +163,10 @@ def test_samples_carry_stage_and_run_tags_and_no_paths() -> None:
     samples = out["samples"]
     assert samples, "no tagged samples reached the receiver"
     assert out["nested_samples"] and all(
-        labels
-        == {"stage": "decode", "phase": "n", "duration": "5s", "resolution": "64x64", "inference_steps": "1"}
+        labels == {"stage": "decode", "phase": "n", "duration": "5s", "resolution": "64x64", "inference_steps": "1"}
         for labels, _ in out["nested_samples"]
     ), out["nested_samples"]
-    assert out["after_samples"] and all(labels == {} for labels, _ in out["after_samples"]), out[
-        "after_samples"
-    ]
+    assert out["after_samples"] and all(labels == {} for labels, _ in out["after_samples"]), out["after_samples"]
     samples = [(labels, v) for labels, v in samples if labels.get("phase") != "n"]
     seen_stages = {labels["stage"] for labels, _ in samples}
     assert "sampling" in seen_stages and seen_stages <= set(STAGES)
@@ -186,7 +184,7 @@ def test_samples_carry_stage_and_run_tags_and_no_paths() -> None:
 @pytest.mark.parametrize("mode", ["refuse", "closed", "silent"])
 def test_unreachable_server_does_not_slow_generation_or_exit(mode: str) -> None:
     pytest.importorskip("pyroscope")
-    out, wall = run_scenario(mode)
+    out, exit_s = run_scenario(mode)
     assert out["start"] == "active"
     # Generous for a shared 2-core machine; a blocked push would add ~10 s.
     assert out["tagged_s"] < 2.0 * out["untagged_s"] + 1.0, (out["tagged_s"], out["untagged_s"])
@@ -194,7 +192,7 @@ def test_unreachable_server_does_not_slow_generation_or_exit(mode: str) -> None:
     assert out["stop"] == ("stop_pending" if mode == "silent" else "stopped")
     if mode != "closed":
         assert out["requests"] >= 1
-    assert wall < 30.0  # the process exits even with a flush hanging on a silent server
+    assert exit_s < 5.0  # the process exits promptly even with a flush hanging on a silent server
     assert set(out["run_report"]["stage_seconds"]) == set(STAGES)
 
 
@@ -240,4 +238,6 @@ def test_no_server_address_means_off() -> None:
 
 
 if __name__ == "__main__":
-    print(json.dumps(scenario(sys.argv[1])))
+    result = scenario(sys.argv[1])
+    result["finished_at"] = time.time()
+    print(json.dumps(result), flush=True)

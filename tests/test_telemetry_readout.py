@@ -80,9 +80,7 @@ def test_missing_nvidia_ml_py_is_reported(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_uuid_matching_between_nvml_and_torch_forms() -> None:
     assert uuid_key("GPU-5B3A1C2D-0000-1111-2222-333344445555") == "5b3a1c2d-0000-1111-2222-333344445555"
-    assert uuid_key("5b3a1c2d-0000-1111-2222-333344445555") == uuid_key(
-        "GPU-5b3a1c2d-0000-1111-2222-333344445555"
-    )
+    assert uuid_key("5b3a1c2d-0000-1111-2222-333344445555") == uuid_key("GPU-5b3a1c2d-0000-1111-2222-333344445555")
     assert uuid_key(None) == "" and uuid_key("") == ""
     assert _text(b"NVIDIA H100 80GB HBM3") == "NVIDIA H100 80GB HBM3" and _text("A100") == "A100"
 
@@ -135,8 +133,6 @@ def test_core_imports_without_comfyui_torch_or_nvml() -> None:
         "print(bad)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

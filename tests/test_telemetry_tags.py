@@ -106,9 +106,7 @@ def test_config_from_environment_and_explicit_values_win() -> None:
     assert config.server_address == "http://pyro.internal:4040" and config.tenant_id == "team-a"
     assert config.basic_auth_user == "svc" and config.basic_auth_password == "s3cret"
     assert "s3cret" not in repr(config) and "s3cret" not in config.describe()
-    explicit = ProfilingConfig.from_settings(
-        server_address="https://p.example:443", tenant_id="b", environ=env
-    )
+    explicit = ProfilingConfig.from_settings(server_address="https://p.example:443", tenant_id="b", environ=env)
     assert explicit.server_address == "https://p.example:443" and explicit.tenant_id == "b"
     assert ProfilingConfig.from_settings(environ={}).enabled is False
 

@@ -30,8 +30,10 @@ STAGE_MODELS: dict[str, tuple[str, ...]] = {
     "vae_encode": ("vae",),
     "unet_window": ("unet", "audio_adapters"),
     "vae_decode": ("vae",),
+    "interpolate": ("rife",),
 }
-ALL_MODELS: tuple[str, ...] = ("unet", "audio_adapters", "vae", "clip", "whisper", "face_detector")
+SIZE_DEPENDENT_STAGES = frozenset({"unet_window", "vae_decode", "vae_encode", "interpolate"})
+ALL_MODELS: tuple[str, ...] = ("unet", "audio_adapters", "vae", "clip", "whisper", "rife", "face_detector")
 
 
 @dataclass
@@ -56,8 +58,11 @@ class MemoryEstimator:
     """Simulates each stage of a plan once per shape; `estimate(plan)` gives the whole run's prediction."""
 
     def __init__(self, configs: ModelConfigs | None = None, calibration: AllocatorCalibration | None = None,
-                 *, block: int = CUDA_BLOCK_BYTES) -> None:
+                 *, block: int = CUDA_BLOCK_BYTES, area_scaling: bool = True) -> None:
         self.configs = configs or ModelConfigs.full_size()
+        self.area_scaling = area_scaling
+        # Exact simulations by shape family (stage key without width/height): the area-scaling fast path.
+        self._families: dict[Hashable, tuple[int, int]] = {}
         self.calibration = calibration or AllocatorCalibration()
         self.block = block
         self.models = MetaModels(self.configs)
@@ -65,7 +70,9 @@ class MemoryEstimator:
         self._fingerprint = self.configs.fingerprint()
 
     def _model_dtype(self, name: str, plan: ExecutionPlan) -> torch.dtype:
-        return stages.WHISPER_DTYPE if name == "whisper" else plan.torch_dtype
+        if name == "whisper":
+            return stages.WHISPER_DTYPE
+        return stages.RIFE_DTYPE if name == "rife" else plan.torch_dtype
 
     def _model_bytes(self, name: str, plan: ExecutionPlan) -> int:
         if name == "unet" and plan.unet_weight_offload:
@@ -76,40 +83,70 @@ class MemoryEstimator:
         """Models on the device during `stage`: all of them (official behaviour) or only the stage's own."""
         return STAGE_MODELS[stage] if plan.offload_idle_models else ALL_MODELS
 
-    def _activation(self, stage: str, plan: ExecutionPlan) -> tuple[int, bool]:
-        p, fp, block = plan, self._fingerprint, self.block
-        if stage == "face_detect":
-            return 0, False  # not simulated: the detector runs once on one image; its weights are counted
+    def _stage_key(self, stage: str, p: ExecutionPlan) -> Hashable:
+        """Everything a stage's activation peak depends on, except the frame size."""
         if stage == "unet_window":
-            key: Hashable = (stage, fp, block, p.width, p.height, p.cfg_batch, p.ff_chunk, p.attention, p.dtype)
-            unet = self.models.get("unet", p.torch_dtype)
-            return self.cache.get_or_compute(key, lambda: stages.simulate_unet_window(unet, p, self.configs, block))
+            return (stage, p.cfg_batch, p.ff_chunk, p.attention, p.dtype)
         if stage == "vae_decode":
-            key = (stage, fp, block, p.width, p.height, p.decode_chunk, p.attention, p.dtype)
-            vae = self.models.get("vae", p.torch_dtype)
-            return self.cache.get_or_compute(key, lambda: stages.simulate_vae_decode(vae, p, block))
+            return (stage, p.decode_chunk, p.attention, p.dtype)
         if stage == "vae_encode":
-            key = (stage, fp, block, p.width, p.height, p.attention, p.dtype)
-            vae = self.models.get("vae", p.torch_dtype)
-            return self.cache.get_or_compute(key, lambda: stages.simulate_vae_encode(vae, p, block))
+            return (stage, p.attention, p.dtype)
         if stage == "clip_encode":
-            key = (stage, fp, block, p.attention, p.dtype)
-            clip = self.models.get("clip", p.torch_dtype)
-            return self.cache.get_or_compute(key, lambda: stages.simulate_clip(clip, p, block))
+            return (stage, p.attention, p.dtype)
         if stage == "audio_features":
-            key = (stage, fp, block, p.attention)
-            whisper = self.models.get("whisper", stages.WHISPER_DTYPE)
-            return self.cache.get_or_compute(key, lambda: stages.simulate_whisper(whisper, p, self.configs, block))
+            return (stage, p.attention)
+        if stage == "interpolate":
+            return (stage,)
         raise KeyError(f"unknown stage {stage!r}")
 
-    def estimate(self, plan: ExecutionPlan, free_bytes: int | None = None) -> MemoryEstimate:
-        """Per-stage and overall peak of `plan`. Duration does not enter: whole-clip tensors live on the host."""
+    def _simulate(self, stage: str, p: ExecutionPlan) -> int:
+        block = self.block
+        if stage == "unet_window":
+            return stages.simulate_unet_window(self.models.get("unet", p.torch_dtype), p, self.configs, block)
+        if stage == "vae_decode":
+            return stages.simulate_vae_decode(self.models.get("vae", p.torch_dtype), p, block)
+        if stage == "vae_encode":
+            return stages.simulate_vae_encode(self.models.get("vae", p.torch_dtype), p, block)
+        if stage == "clip_encode":
+            return stages.simulate_clip(self.models.get("clip", p.torch_dtype), p, block)
+        if stage == "interpolate":
+            return stages.simulate_interpolation(self.models.get("rife", stages.RIFE_DTYPE), p, block)
+        return stages.simulate_whisper(self.models.get("whisper", stages.WHISPER_DTYPE), p, self.configs, block)
+
+    def _activation(self, stage: str, plan: ExecutionPlan, exact: bool) -> tuple[int, str]:
+        """(bytes, how): how is "simulated", "cached" or "scaled" (area fast path)."""
+        if stage == "face_detect":
+            return 0, "fixed"  # runs once on one small image; its weights are counted
+        family = (self._fingerprint, self.block, self._stage_key(stage, plan))
+        sized = stage in SIZE_DEPENDENT_STAGES
+        key = (*family, plan.width, plan.height) if sized else family
+        if key in self.cache.entries or exact or not sized or family not in self._families:
+            value, cached = self.cache.get_or_compute(key, lambda: self._simulate(stage, plan))
+            if sized:
+                self._families[family] = (plan.width * plan.height, value)
+            return value, "cached" if cached else "simulated"
+        # Activations are proportional to pixel area (flash/mem-efficient attention): scale an exact result.
+        area, value = self._families[family]
+        return round(value * plan.width * plan.height / area), "scaled"
+
+    def estimate(self, plan: ExecutionPlan, free_bytes: int | None = None, *,
+                 exact: bool | None = None) -> MemoryEstimate:
+        """Per-stage and overall peak of `plan`. Duration does not enter: whole-clip tensors live on the host.
+
+        exact=False allows the area-scaling fast path (default: the estimator's `area_scaling` setting).
+        """
+        exact = (not self.area_scaling) if exact is None else exact
         started = time.perf_counter()
         hits = 0
+        scaled: list[str] = []
         results: dict[str, StageEstimate] = {}
         for stage in STAGE_MODELS:
-            activation, cached = self._activation(stage, plan)
-            hits += int(cached)
+            if stage == "interpolate" and not plan.interpolate:
+                continue
+            activation, how = self._activation(stage, plan, exact)
+            hits += int(how == "cached")
+            if how == "scaled":
+                scaled.append(stage)
             resident = self.resident_models(stage, plan)
             weights = sum(self._model_bytes(name, plan) for name in resident)
             results[stage] = StageEstimate(stage, weights, activation, resident)
@@ -117,9 +154,10 @@ class MemoryEstimator:
         estimate = MemoryEstimate(
             stages=results, overhead_bytes=self.calibration.overhead(raw), calibration=self.calibration.source,
             simulated_seconds=time.perf_counter() - started, cache_hits=hits, free_bytes=free_bytes,
+            exact=not scaled,
         )
-        if plan.interpolate:
-            estimate.notes.append("interpolation stage not simulated (no RIFE module in the engine yet)")
+        if scaled:
+            estimate.notes.append(f"scaled by pixel area from an exact simulation: {', '.join(scaled)}")
         logger.debug("estimate %sx%s cfg=%s: %.2f GiB (%s)", plan.width, plan.height, plan.cfg_batch,
                      estimate.peak_bytes / 2**30, estimate.dominant_stage)
         return estimate

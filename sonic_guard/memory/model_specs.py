@@ -18,6 +18,8 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from ..models.audio_adapters import AudioTokenProjector, MotionBucketPredictor
+from ..models.rife import RIFE_CHANNELS, IFNet
 from ..models.unet import SVD_XT_UNET_CONFIG, build_sonic_unet
 from .tracker import module_weight_bytes
 
@@ -35,11 +37,14 @@ WHISPER_TINY_CONFIG: dict[str, Any] = {
     "decoder_layers": 4, "decoder_attention_heads": 6, "decoder_ffn_dim": 1536, "num_mel_bins": 80,
     "max_source_positions": 1500, "vocab_size": 51865,
 }
-# Approximate fp32 sizes of modules the estimator does not build (spec section 6.1); labelled as such.
-DEFAULT_FIXED_WEIGHTS: dict[str, int] = {
-    "face_detector": 85_000_000,
-    "audio_adapters": 310_000_000,
+AUDIO_ADAPTERS_CONFIG: dict[str, Any] = {
+    "token": {"seq_len": 10, "blocks": 5, "channels": 384, "intermediate_dim": 1024, "output_dim": 1024,
+              "context_tokens": 32},
+    "bucket": {"seq_len": 50, "blocks": 1, "channels": 384, "clip_channels": 1024, "intermediate_dim": 1024,
+               "output_dim": 1, "context_tokens": 2},
 }
+# Approximate fp32 size of the face detector (YOLO, spec section 6.1), which the estimator does not build.
+DEFAULT_FIXED_WEIGHTS: dict[str, int] = {"face_detector": 85_000_000}
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class ModelConfigs:
     vae: Mapping[str, Any] = field(default_factory=lambda: dict(SVD_XT_VAE_CONFIG))
     clip: Mapping[str, Any] = field(default_factory=lambda: dict(CLIP_VIT_H14_CONFIG))
     whisper: Mapping[str, Any] = field(default_factory=lambda: dict(WHISPER_TINY_CONFIG))
+    audio_adapters: Mapping[str, Any] = field(default_factory=lambda: dict(AUDIO_ADAPTERS_CONFIG))
+    rife_channels: int = RIFE_CHANNELS
     fixed_weights: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_FIXED_WEIGHTS))
     audio_tokens: int = 32  # audio context tokens per frame (T)
     whisper_frames: int = 3000  # mel frames of one 30 s chunk
@@ -76,14 +83,20 @@ class ModelConfigs:
         whisper = {**WHISPER_TINY_CONFIG, "d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2,
                    "encoder_ffn_dim": 64, "decoder_layers": 1, "decoder_attention_heads": 2,
                    "decoder_ffn_dim": 64, "num_mel_bins": 8, "max_source_positions": 50}
-        return cls(unet=unet, vae=vae, clip=clip, whisper=whisper, fixed_weights={}, audio_tokens=4,
-                   whisper_frames=100, window_frames=4)
+        adapters = {
+            "token": {**AUDIO_ADAPTERS_CONFIG["token"], "channels": 32, "intermediate_dim": 32, "output_dim": 64,
+                      "context_tokens": 4},
+            "bucket": {**AUDIO_ADAPTERS_CONFIG["bucket"], "channels": 32, "clip_channels": 64,
+                       "intermediate_dim": 32},
+        }
+        return cls(unet=unet, vae=vae, clip=clip, whisper=whisper, audio_adapters=adapters, rife_channels=8,
+                   fixed_weights={}, audio_tokens=4, whisper_frames=100, window_frames=4)
 
     def fingerprint(self) -> str:
         """Stable short hash of every field: part of each cache key."""
         blob = json.dumps(
             {"unet": dict(self.unet), "vae": dict(self.vae), "clip": dict(self.clip), "whisper": dict(self.whisper),
-             "fixed": dict(self.fixed_weights), "tokens": self.audio_tokens, "mel": self.whisper_frames,
+             "adapters": dict(self.audio_adapters), "rife": self.rife_channels, "fixed": dict(self.fixed_weights), "tokens": self.audio_tokens, "mel": self.whisper_frames,
              "window": self.window_frames},
             sort_keys=True, default=str,
         )
@@ -108,6 +121,13 @@ def _build(name: str, configs: ModelConfigs, dtype: torch.dtype) -> nn.Module:
             config = CLIPVisionConfig(**configs.clip)
             config._attn_implementation = "sdpa"
             module = CLIPVisionModelWithProjection(config)
+        elif name == "audio_adapters":
+            module = nn.ModuleDict({
+                "audio2token": AudioTokenProjector(**configs.audio_adapters["token"]),
+                "audio2bucket": MotionBucketPredictor(**configs.audio_adapters["bucket"]),
+            })
+        elif name == "rife":
+            module = IFNet(configs.rife_channels)
         elif name == "whisper":
             config = WhisperConfig(**configs.whisper)
             config._attn_implementation = "sdpa"

@@ -135,6 +135,7 @@ class MemoryEstimate:
     simulated_seconds: float = 0.0
     cache_hits: int = 0
     free_bytes: int | None = None
+    exact: bool = True  # False when some stage was scaled by area instead of simulated
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -175,5 +176,6 @@ class MemoryEstimate:
             },
             "simulated_seconds": round(self.simulated_seconds, 3),
             "cache_hits": self.cache_hits,
+            "exact": self.exact,
             "notes": list(self.notes),
         }

@@ -22,11 +22,15 @@ logger = logging.getLogger(__name__)
 
 POLICIES = ("auto", "strict", "off")
 DEFAULT_SAFETY_MARGIN = 0.10
+MIN_GAIN_BYTES = 64 * 1024**2
+MIN_GAIN_FRACTION = 0.01
+MAX_VERIFY_ROUNDS = 3
 GIB = 1024**3
 
 
 class Estimator(Protocol):
-    def estimate(self, plan: ExecutionPlan, free_bytes: int | None = None) -> MemoryEstimate: ...
+    def estimate(self, plan: ExecutionPlan, free_bytes: int | None = None, *,
+                 exact: bool | None = None) -> MemoryEstimate: ...
 
 
 @dataclass
@@ -82,10 +86,15 @@ def _lower_resolution(plan: ExecutionPlan, request: RunRequest) -> ExecutionPlan
                                width=width, height=height)
 
 
-def _fit_memory(request: RunRequest, estimator: Estimator, budget: int, rungs: list[dict[str, Any]],
+def _gain(before: MemoryEstimate, after: MemoryEstimate, stage: str) -> bool:
+    """A lever is kept only if it lowers the dominant stage by a meaningful amount (1 % or 64 MiB)."""
+    old, new = before.stages[stage].peak_bytes, after.stages[stage].peak_bytes
+    return old - new >= min(MIN_GAIN_BYTES, old * MIN_GAIN_FRACTION)
+
+
+def _fit_memory(plan: ExecutionPlan, estimate: MemoryEstimate, request: RunRequest, estimator: Estimator,
+                budget: int, rungs: list[dict[str, Any]],
                 supported: tuple[str, ...]) -> tuple[ExecutionPlan, MemoryEstimate]:
-    plan = request.requested_plan()
-    estimate = estimator.estimate(plan)
     exhausted: set[str] = set()
     while estimate.peak_bytes > budget:
         dominant = estimate.dominant_stage
@@ -99,7 +108,7 @@ def _fit_memory(request: RunRequest, estimator: Estimator, budget: int, rungs: l
                 continue
             trial = estimator.estimate(candidate)
             step = candidate.levers_applied[-1]
-            if trial.stages[dominant].peak_bytes < estimate.stages[dominant].peak_bytes:
+            if _gain(estimate, trial, dominant):
                 chosen = (candidate, trial, step)
                 break
             exhausted.add(lever.name)  # no gain where it matters: keep the faster plan
@@ -144,12 +153,21 @@ def plan_run(request: RunRequest, free_bytes: int, estimator: Estimator, *, poli
     time_model = time_model or TimeModel()
     budget = usable_bytes(free_bytes, safety_margin)
     requested = request.requested_plan()
-    requested_estimate = estimator.estimate(requested)
+    requested_estimate = estimator.estimate(requested, exact=True)
     rungs: list[dict[str, Any]] = [{"step": "requested", "peak_bytes": requested_estimate.peak_bytes,
                                     "kept": True}]
     notes: list[str] = []
     if policy == "auto":
-        plan, estimate = _fit_memory(request, estimator, budget, rungs, supported_attention)
+        plan, estimate = requested, requested_estimate
+        for _ in range(MAX_VERIFY_ROUNDS):
+            plan, estimate = _fit_memory(plan, estimate, request, estimator, budget, rungs, supported_attention)
+            if estimate.exact:
+                break
+            # The ladder may have used area-scaled figures: confirm the chosen plan with a full simulation.
+            estimate = estimator.estimate(plan, exact=True)
+            rungs.append({"step": "verified by simulation", "peak_bytes": estimate.peak_bytes, "kept": True})
+            if estimate.peak_bytes <= budget:
+                break
     else:
         plan, estimate = requested, requested_estimate
     plan, seconds = _apply_time_budget(plan, request, time_model, time_budget_s, notes)

@@ -17,6 +17,8 @@ from .tracker import LiveBytesTracker
 META = torch.device("meta")
 CFG_BRANCHES = 3
 WHISPER_DTYPE = torch.float32  # the official code keeps whisper in fp32 whatever the run's dtype
+RIFE_DTYPE = torch.float32  # interpolation runs on fp32 frames
+RIFE_PAIRS = 1  # frame pairs per interpolation call: decoded frames stream through one pair at a time
 
 
 def _empty(*shape: int, dtype: torch.dtype) -> torch.Tensor:
@@ -90,4 +92,14 @@ def simulate_whisper(encoder: nn.Module, plan: ExecutionPlan, configs: ModelConf
         mel = _empty(1, mel_bins, configs.whisper_frames, dtype=WHISPER_DTYPE)
         states = encoder(mel, output_hidden_states=True).hidden_states
         del mel, states
+    return tracker.peak_bytes
+
+
+def simulate_interpolation(rife: nn.Module, plan: ExecutionPlan, block: int) -> int:
+    """One RIFE midpoint of two decoded frames at output size (fp32, padded to 32 inside `midpoint`)."""
+    with torch.no_grad(), LiveBytesTracker(block) as tracker:
+        first = _empty(RIFE_PAIRS, 3, plan.height, plan.width, dtype=RIFE_DTYPE)
+        second = _empty(RIFE_PAIRS, 3, plan.height, plan.width, dtype=RIFE_DTYPE)
+        middle = rife.midpoint(first, second)
+        del first, second, middle
     return tracker.peak_bytes

@@ -140,7 +140,9 @@ def load_vae_and_clip(svd: Path, searched: Path) -> tuple[nn.Module, nn.Module]:
     _require_dir(vae_dir, "SVD VAE", searched, "vae")
     _require_dir(clip_dir, "SVD image encoder", searched, "image_encoder")
     try:
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir, variant=_variant(vae_dir), local_files_only=True)
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(
+            vae_dir, variant=_variant(vae_dir), local_files_only=True, low_cpu_mem_usage=False
+        )
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise _hf_error("SVD VAE", vae_dir, searched, exc, "vae") from exc
     try:
@@ -160,26 +162,64 @@ def _scheduler_config(svd: Path) -> dict[str, Any]:
         return {}
 
 
+def _require_present(paths: ModelPaths) -> None:
+    """Fail before loading anything big when a required file or folder is absent, naming all of them."""
+    missing = inspect_model_files(paths).missing()
+    if not missing:
+        return
+    listed = "; ".join(f"{f.name} ({f.path}, {f.status})" for f in missing)
+    hints = sorted({f.hint for f in missing})
+    searched = paths.root if paths.root is not None else "the configured paths"
+    raise CheckpointError(
+        problem=f"{len(missing)} required model file(s) missing in {searched}: {listed}",
+        expected="the official layout: Sonic/unet.pth, Sonic/audio2token.pth, Sonic/audio2bucket.pth, "
+        "stable-video-diffusion-img2vid-xt/{vae,image_encoder}/, whisper-tiny/",
+        fix="download them: " + " ; ".join(hints),
+    )
+
+
+def _small_configs(paths: ModelPaths) -> tuple[Any, Any]:
+    """Whisper and CLIP configs (JSON only) to size the audio adapters before loading any weights."""
+    from transformers import CLIPVisionConfig, WhisperConfig
+
+    try:
+        whisper = WhisperConfig.from_pretrained(paths.whisper, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _hf_error("whisper-tiny config", paths.whisper, paths.searched(paths.whisper), exc, "whisper") from exc
+    clip_dir = paths.svd / "image_encoder"
+    try:
+        clip = CLIPVisionConfig.from_pretrained(clip_dir, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _hf_error("SVD image encoder config", clip_dir, paths.searched(clip_dir), exc,
+                        "image_encoder") from exc
+    return whisper, clip
+
+
 def load_sonic_models(source: Path | str | ModelPaths, *, with_rife: bool = True) -> SonicModelSet:
-    """Load all models to the CPU from a root folder (official layout) or explicit `ModelPaths`; no network."""
+    """Load all models to the CPU from a root folder (official layout) or explicit `ModelPaths`; no network.
+
+    Cheap checks come first (presence, configs, Sonic state-dict keys/shapes) so a wrong file fails fast.
+    """
     paths = as_model_paths(source)
+    _require_present(paths)
     unet_config = read_unet_config(paths)
     cross_dim = int(unet_config["cross_attention_dim"])
-    whisper, extractor, whisper_config = load_whisper(paths.whisper, paths.searched(paths.whisper))
-    vae, clip = load_vae_and_clip(paths.svd, paths.searched(paths.svd))
-    clip_dim = int(clip.config.projection_dim)
+    whisper_config, clip_config = _small_configs(paths)
+    clip_dim = int(clip_config.projection_dim)
     if clip_dim != cross_dim:
         raise CheckpointError(
             problem=f"The SVD image encoder projects to {clip_dim} channels but the UNet expects {cross_dim}",
             expected="an image_encoder and unet/config.json from the same stable-video-diffusion-img2vid-xt",
             fix=f"download the SVD folder again: {download_hint('svd')}",
         )
-    unet = load_unet(paths, unet_config)
     projector, predictor = load_audio_adapters(paths, int(whisper_config.d_model),
                                                int(whisper_config.encoder_layers), cross_dim, clip_dim)
     rife = None
     if with_rife and paths.rife is not None:
         rife = load_rife(paths.rife, paths.searched(paths.rife))
+    unet = load_unet(paths, unet_config)
+    whisper, extractor, _ = load_whisper(paths.whisper, paths.searched(paths.whisper))
+    vae, clip = load_vae_and_clip(paths.svd, paths.searched(paths.svd))
     face = paths.yoloface if paths.yoloface is not None and paths.yoloface.is_file() else None
     summary = {
         "unet_config": unet_config,

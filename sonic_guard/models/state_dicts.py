@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 
 from ..errors import CheckpointError
@@ -39,7 +40,7 @@ def read_state_dict(path: Path, what: str, searched: Path, hint: str) -> dict[st
             # mmap avoids a second full copy in RAM for the 6 GB UNet; only zip-format files support it.
             loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile,
-            KeyError, AttributeError, TypeError) as exc:
+            KeyError, AttributeError, TypeError, SafetensorError) as exc:
         raise CheckpointError(
             problem=f"The {what} file {path} (in {searched}) could not be read: it is truncated or corrupt "
             f"({type(exc).__name__}: {str(exc)[:200]})",

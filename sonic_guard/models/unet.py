@@ -87,6 +87,10 @@ class SonicUNet(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.conv_in.weight.dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self.conv_in.weight.device
+
     def _time_embedding(self, timestep: Tensor | float, added_time_ids: Tensor, batch: int, device: torch.device,
                         dtype: torch.dtype) -> Tensor:
         if not torch.is_tensor(timestep):
@@ -178,4 +182,6 @@ def build_sonic_unet(
     """Build a randomly initialised SonicUNet directly on `device` ("meta" for shape-only work)."""
     with torch.device(device):
         unet = SonicUNet(config)
-    return unet.to(dtype=dtype).eval()
+    # Some diffusers parameters (AlphaBlender.mix_factor) are made with torch.Tensor([...]), which ignores the
+    # device context: move everything explicitly.
+    return unet.to(device=device, dtype=dtype).eval()

@@ -115,9 +115,14 @@ class SonicAudioAttnProcessor(nn.Module):
             audio_key = _heads(self.to_k_ip[0](audio_context), attn.heads)
             audio_value = _heads(self.to_v_ip[0](audio_context), attn.heads)
             audio = _merge_heads(F.scaled_dot_product_attention(query, audio_key, audio_value))
-            if audio_weight is not None:
-                audio = audio * audio_weight
-            out = out + audio_scale * audio
+            if torch.is_grad_enabled():
+                out = out + audio_scale * (audio if audio_weight is None else audio * audio_weight)
+            else:
+                # In place on fresh tensors (inference): no extra (rows, tokens, C) temporaries at the peak.
+                if audio_weight is not None:
+                    audio.mul_(audio_weight)
+                out.add_(audio, alpha=audio_scale)
+            del audio
         out = attn.to_out[1](attn.to_out[0](out))
         return out.reshape(rows, length, -1)
 

@@ -10,8 +10,7 @@ GIB = 1024**3
 
 EXPLANATION = (
     "NVML used = whole device: torch reserved + CUDA context + other processes.",
-    "torch reserved = this process's caching allocator: live tensors + idle cache (ComfyUI counts the cache "
-    "as free).",
+    "torch reserved = this process's caching allocator: live tensors + idle cache (ComfyUI counts the cache as free).",
     "torch allocated = live tensors only; peak = highest allocated since start or the last reset.",
 )
 

@@ -95,9 +95,7 @@ def build_health(
     error = None
     if last_error is not None:
         age = max(0.0, now - last_error.wall_time)
-        stamp = dt.datetime.fromtimestamp(last_error.wall_time, tz=dt.timezone.utc).isoformat(
-            timespec="seconds"
-        )
+        stamp = dt.datetime.fromtimestamp(last_error.wall_time, tz=dt.timezone.utc).isoformat(timespec="seconds")
         error = {"reason": last_error.reason, "time": stamp, "age_s": round(age, 1)}
         if last_error.reason == "oom" and age <= thresholds.recent_oom_window_s:
             problems.append("recent_oom")

@@ -40,9 +40,7 @@ class _ObservedStage:
 
     def __enter__(self) -> None:
         observer = self._observer
-        self._applied = (
-            observer.profiler.push_tags(observer.tag_items[self._stage]) if observer.profile else None
-        )
+        self._applied = observer.profiler.push_tags(observer.tag_items[self._stage]) if observer.profile else None
         self._start = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
@@ -124,11 +122,12 @@ class Telemetry:
         """Count a finished run.
 
         Report keys (all optional): outcome (success/failure/cancelled), failure_reason, predicted_peak_bytes,
-        measured_peak_bytes, stage_seconds {stage: s}, downgrades [lever | {"lever": ...}], oom_retries.
+        measured_peak_bytes, stage_seconds {stage: s}, downgrades ["lever: from→to" | lever | {"lever": ...}],
+        retries [...] (or oom_retries: int).
         """
         outcome = self.metrics.record_run(report, stages_already_observed=stages_already_observed)
-        if outcome != "success":
-            self.record_error(str(report.get("failure_reason") or outcome))
+        if outcome == "failure":  # a user's cancel is counted, but it is not the worker's last error
+            self.record_error(str(report.get("failure_reason") or "internal"))
 
     def record_error(self, reason: str) -> None:
         """Remember the last error for /sonic/health (reason label and time only)."""

@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 OUTCOMES = ("success", "failure", "cancelled")
 EXTRA_REASONS = ("oom", "cancelled", "internal", "other")
 STAGE_BUCKETS_S = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
-# Signed (predicted - measured) / measured: negative means the estimate was too low.
+# Signed (measured - predicted) / predicted, as in the run report: positive means the run needed more than
+# predicted (the dangerous direction).
 ERROR_BUCKETS = (-0.5, -0.25, -0.1, -0.05, -0.02, 0.0, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 LEVER_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,39}")
 MAX_LEVERS = 32
@@ -82,9 +83,7 @@ class SonicMetrics:
         self._levers: set[str] = set()
         self.reasons = known_failure_reasons()
         self.runs = Counter("sonic_runs", "Finished Sonic runs by outcome", ["outcome"], registry=registry)
-        self.failures = Counter(
-            "sonic_failures", "Failed or cancelled runs by reason", ["reason"], registry=registry
-        )
+        self.failures = Counter("sonic_failures", "Failed or cancelled runs by reason", ["reason"], registry=registry)
         self.stage_seconds = Histogram(
             "sonic_stage_seconds",
             "Wall time per stage",
@@ -100,7 +99,7 @@ class SonicMetrics:
         )
         self.estimator_error = Histogram(
             "sonic_estimator_relative_error",
-            "(predicted - measured) / measured peak; negative = underestimate",
+            "(measured - predicted) / predicted peak; positive = the run needed more than predicted",
             buckets=ERROR_BUCKETS,
             registry=registry,
         )
@@ -110,9 +109,13 @@ class SonicMetrics:
             ["lever"],
             registry=registry,
         )
-        self.oom_retries = Counter(
-            "sonic_oom_retries", "Retries after a CUDA out-of-memory", registry=registry
+        self.levers = Counter(
+            "sonic_levers_applied",
+            "Quality-neutral memory levers applied, by lever",
+            ["lever"],
+            registry=registry,
         )
+        self.oom_retries = Counter("sonic_oom_retries", "Retries after a CUDA out-of-memory", registry=registry)
         for outcome in OUTCOMES:
             self.runs.labels(outcome=outcome)
         for stage in STAGE_NAMES:
@@ -150,7 +153,10 @@ class SonicMetrics:
         self._record_peaks(report.get("predicted_peak_bytes"), report.get("measured_peak_bytes"))
         for lever in _lever_names(report.get("downgrades") or ()):
             self.downgrades.labels(lever=self.lever_label(lever)).inc()
-        retries = int(report.get("oom_retries") or 0)
+        for lever in _lever_names(report.get("levers_applied") or ()):
+            self.levers.labels(lever=self.lever_label(lever)).inc()
+        retries = report.get("oom_retries", report.get("retries"))
+        retries = len(retries) if isinstance(retries, (list, tuple)) else int(retries or 0)
         if retries > 0:
             self.oom_retries.inc(retries)
         return outcome
@@ -161,14 +167,14 @@ class SonicMetrics:
         if isinstance(measured, (int, float)) and measured > 0:
             self.measured_peak.set(measured)
             if isinstance(predicted, (int, float)) and predicted > 0:
-                self.estimator_error.observe((predicted - measured) / measured)
+                self.estimator_error.observe((measured - predicted) / predicted)
 
 
 def _lever_names(downgrades: Iterable[object]) -> Iterator[str]:
-    """Downgrades as lever names: items may be names or mappings with a "lever" key."""
+    """Downgrades as lever names: "name: from->to" strings (the plan's form), names, or {"lever": name}."""
     for item in downgrades:
         if isinstance(item, str):
-            yield item
+            yield item.split(":", 1)[0].strip()
         elif isinstance(item, Mapping) and isinstance(item.get("lever"), str):
             yield item["lever"]
         else:

@@ -150,12 +150,8 @@ def read_nvml(with_processes: bool = True) -> NvmlReading:
             except nvml.NVMLError as exc:
                 notes.append(f"NVML device {index} could not be read ({type(exc).__name__})")
         if with_processes and devices and all(d.process_used_bytes is None for d in devices):
-            notes.append(
-                "this process's GPU memory is not visible to NVML (Windows WDDM or a container PID namespace)"
-            )
-        status = (
-            "ok" if devices else ("NVML found no NVIDIA GPU" if count == 0 else "no NVIDIA GPU could be read")
-        )
+            notes.append("this process's GPU memory is not visible to NVML (Windows WDDM or a container PID namespace)")
+        status = "ok" if devices else ("NVML found no NVIDIA GPU" if count == 0 else "no NVIDIA GPU could be read")
         return NvmlReading(devices, status, _text(driver) if driver else None, notes)
     except nvml.NVMLError as exc:
         return NvmlReading([], f"NVML query failed ({type(exc).__name__})")

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 
 from .profiling_config import ProfilingConfig
 from .stages import Stage, parse_stage
@@ -28,7 +28,7 @@ from .stages import Stage, parse_stage
 logger = logging.getLogger(__name__)
 
 # Agent-wide tags must stay low-cardinality: every series carries them.
-STATIC_TAGS: dict[str, str] = {"pack": "sonic_guard"}
+STATIC_TAGS: Mapping[str, str] = MappingProxyType({"pack": "sonic_guard"})
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,7 @@ def _not_installed_message(error: BaseException) -> str:
         why = "pyroscope-io has no Windows wheel (building it needs Rust)"
     else:
         why = f"pyroscope-io is not installed or failed to load ({type(error).__name__})"
-    return (
-        f"profiling off: {why}; generation runs unprofiled. Install pyroscope-io on Linux or macOS to use it."
-    )
+    return f"profiling off: {why}; generation runs unprofiled. Install pyroscope-io on Linux or macOS to use it."
 
 
 def stage_tag_items(stage: Stage, run_tags: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
@@ -173,9 +171,7 @@ class Profiler:
                 return self._status
             self._module, self._config = None, None
             wait = config.stop_timeout_s if timeout_s is None else timeout_s
-            thread = threading.Thread(
-                target=self._shutdown, args=(module,), name="sonic-pyroscope-stop", daemon=True
-            )
+            thread = threading.Thread(target=self._shutdown, args=(module,), name="sonic-pyroscope-stop", daemon=True)
             self._stop_thread = thread
             thread.start()
         thread.join(wait)

@@ -42,9 +42,7 @@ def read_torch_devices() -> tuple[list[TorchDevice], str]:
     except ImportError:
         return [], "torch is not installed"
     if not torch.cuda.is_available():
-        build = (
-            "a CPU-only build" if torch.version.cuda is None and torch.version.hip is None else "a CUDA build"
-        )
+        build = "a CPU-only build" if torch.version.cuda is None and torch.version.hip is None else "a CUDA build"
         return (
             [],
             f"torch.cuda is not available (torch {torch.__version__}, {build}; no usable GPU or driver)",

@@ -1,0 +1,107 @@
+"""How much device memory a run may use, and how much it actually used.
+
+Inside ComfyUI the glue passes its own probe (`comfy.model_management.get_free_memory`, which counts torch's
+cached-but-free blocks); elsewhere `torch_free_memory` asks torch. CPU and Apple MPS are answered honestly: the
+figure is host RAM, or the MPS recommended working set, and `notes` say what is not known.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import psutil
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FreeMemory:
+    """Free bytes on a device, where the figure came from, and its caveats."""
+
+    free_bytes: int
+    total_bytes: int | None
+    device: str
+    source: str
+    notes: tuple[str, ...] = ()
+
+
+class FreeMemoryProbe(Protocol):
+    def __call__(self) -> FreeMemory: ...
+
+
+def torch_free_memory(device: str | torch.device = "cuda") -> FreeMemory:
+    """Free memory of `device` as torch sees it (CUDA, MPS or CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        # Blocks torch has reserved but not handed out are free for this process too.
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return FreeMemory(int(free + cached), int(total), str(device), "torch.cuda.mem_get_info + torch cache")
+    if device.type == "mps":
+        return _mps_free_memory()
+    available = psutil.virtual_memory()
+    return FreeMemory(int(available.available), int(available.total), "cpu", "psutil available RAM",
+                      ("device is the CPU: the estimate targets host RAM, where the allocator has no 512 B "
+                       "blocks and no CUDA workspaces",))
+
+
+def _mps_free_memory() -> FreeMemory:
+    recommended = getattr(torch.mps, "recommended_max_memory", None)
+    driver = getattr(torch.mps, "driver_allocated_memory", None)
+    notes = ["MPS shares unified memory with the OS and other apps; the working-set figure is advisory"]
+    if recommended is None:
+        available = psutil.virtual_memory().available
+        notes.append("recommended working set unknown on this torch: host available RAM used instead")
+        return FreeMemory(int(available), None, "mps", "psutil available RAM", tuple(notes))
+    used = int(driver()) if driver is not None else 0
+    if driver is None:
+        notes.append("driver-allocated memory unknown: assumed 0")
+    limit = int(recommended())
+    return FreeMemory(max(0, limit - used), limit, "mps", "torch.mps.recommended_max_memory", tuple(notes))
+
+
+def probe_from_callable(get_free: Callable[[], int], device: str, source: str) -> FreeMemoryProbe:
+    """Wrap a host's own free-memory function (e.g. ComfyUI's) as a probe."""
+
+    def probe() -> FreeMemory:
+        return FreeMemory(int(get_free()), None, device, source)
+
+    return probe
+
+
+@dataclass
+class PeakReading:
+    """Filled in when a `measure_device_peak` block ends."""
+
+    device: str
+    free_before_bytes: int | None = None
+    allocated_before_bytes: int | None = None
+    peak_allocated_bytes: int | None = None  # absolute: includes weights already resident at entry
+    peak_reserved_bytes: int | None = None  # absolute; compare with the prediction (it includes fragmentation)
+    notes: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def measure_device_peak(device: str | torch.device) -> Iterator[PeakReading]:
+    """Measure a block's peak device memory (CUDA: the caching allocator's peaks since entry)."""
+    device = torch.device(device)
+    reading = PeakReading(str(device))
+    if device.type != "cuda":
+        reading.notes.append(f"no allocator-level peak on {device.type}; measured peak not available")
+        yield reading
+        return
+    torch.cuda.synchronize(device)
+    reading.free_before_bytes = torch_free_memory(device).free_bytes
+    reading.allocated_before_bytes = int(torch.cuda.memory_allocated(device))
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        yield reading
+    finally:
+        torch.cuda.synchronize(device)
+        reading.peak_allocated_bytes = int(torch.cuda.max_memory_allocated(device))
+        reading.peak_reserved_bytes = int(torch.cuda.max_memory_reserved(device))
