@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..sonic_guard.errors import BadInputError, CheckpointError
+from ..sonic_guard.models.weight_streaming import stream_weights
 
 logger = logging.getLogger(__name__)
 
@@ -140,11 +141,18 @@ class ComfyModelPlacer:
 
     patchers: dict[str, comfy.model_patcher.ModelPatcher]
     offload_idle: bool = True
+    stream_unet: bool = False
     stage_activation_bytes: int = 0
 
     @contextlib.contextmanager
     def place(self, name: str, module: nn.Module) -> Iterator[nn.Module]:
         patcher = self.patchers.get(name)
+        if name == "unet" and self.stream_unet and patcher is not None:
+            # Weight offload: ComfyUI makes room for the largest block plus activations; blocks stream in.
+            model_management.free_memory(self.stage_activation_bytes, patcher.load_device)
+            with stream_weights(module, patcher.load_device, patcher.offload_device):
+                yield module
+            return
         if patcher is None or patcher.model is not module:
             raise RuntimeError(f"model '{name}' was not wrapped for ComfyUI at load time")
         model_management.load_models_gpu(

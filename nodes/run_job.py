@@ -57,7 +57,9 @@ def run_generate_node(node_cls: type, handle: SonicModelHandle, image: torch.Ten
             is_oom=comfy.is_oom,
             release_memory=lambda: comfy.release_memory(handle.device),
             estimator=estimator_for(handle),
-            placer_for=lambda plan: comfy.ComfyModelPlacer(handle.patchers, offload_idle=plan.offload_idle_models),
+            placer_for=lambda plan: comfy.ComfyModelPlacer(
+                handle.patchers, offload_idle=plan.offload_idle_models, stream_unet=plan.unet_weight_offload
+            ),
             hooks=hooks,
             on_event=lambda event, data: notify(event, data),
         )

@@ -65,7 +65,9 @@ def generate(
     """Generate a talking video from a prepared reference image and (already duration-fitted) audio."""
     hooks = hooks or RunHooks()
     observer = hooks.observer
-    placer = placer or DevicePlacer(device, offload_idle=plan.offload_idle_models)
+    placer = placer or DevicePlacer(
+        device, offload_idle=plan.offload_idle_models, stream_unet=plan.unet_weight_offload
+    )
     dtype = plan.torch_dtype
     notes: list[str] = list(reference.warnings)
 

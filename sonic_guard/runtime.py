@@ -16,6 +16,8 @@ from typing import Protocol, TypeVar
 import torch
 from torch import nn
 
+from .models.weight_streaming import stream_weights
+
 T = TypeVar("T")
 
 STAGES = ("preprocess", "audio_features", "sampling", "decode", "interpolation", "encode")
@@ -53,9 +55,14 @@ class DevicePlacer:
 
     device: torch.device
     offload_idle: bool = True
+    stream_unet: bool = False  # the planner's UNet weight offload lever
 
     @contextlib.contextmanager
     def place(self, name: str, module: nn.Module) -> Iterator[nn.Module]:
+        if name == "unet" and self.stream_unet:
+            with stream_weights(module, self.device):
+                yield module
+            return
         module.to(self.device)
         try:
             yield module

@@ -84,3 +84,15 @@ def comfy_server(
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    """Small CPU tensors run far faster on one thread when the machine is shared (OpenMP threads wait on
+    each other); the real-server tests run in their own processes and are unaffected."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -168,3 +168,12 @@ def test_inspect_reports_presence_and_sizes_without_loading(broken_root: Path):
     (broken_root / "Sonic" / "audio2bucket.pth").unlink()
     report = inspect_model_files(broken_root)
     assert not report.ok and [f.name for f in report.missing()] == ["audio2bucket"]
+
+
+def test_truncated_whisper_weights_are_refused(broken_root: Path, tiny_root: Path):
+    (broken_root / "whisper-tiny").unlink()
+    shutil.copytree(tiny_root / "whisper-tiny", broken_root / "whisper-tiny")
+    weights = broken_root / "whisper-tiny" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    message = _refusal(broken_root)
+    assert "whisper-tiny" in message and "openai/whisper-tiny" in message

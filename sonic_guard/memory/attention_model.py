@@ -40,6 +40,23 @@ def _math_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     return torch.matmul(probs, value)
 
 
+def device_attention_backends(device_type: str, capability: tuple[int, int] | None = None) -> tuple[str, ...]:
+    """SDPA backends a device runs, best first (the planner's attention lever picks among these).
+
+    CUDA: flash needs compute capability >= 8.0 (Ampere), memory-efficient >= 5.0. CPU: torch's fused CPU kernel
+    is flash-like (O(tokens); checked against the CPU allocator in the tests). MPS: treated as math, which
+    materialises the scores, because no fused kernel is guaranteed there.
+    """
+    if device_type == "cuda":
+        major = (capability or (0, 0))[0]
+        if major >= 8:
+            return ("flash", "mem_efficient", "math")
+        return ("mem_efficient", "math") if major >= 5 else ("math",)
+    if device_type == "cpu":
+        return ("flash", "math")
+    return ("math",)
+
+
 class AttentionModel(TorchFunctionMode):
     """Within this mode, SDPA allocates what `backend` would allocate on the device."""
 

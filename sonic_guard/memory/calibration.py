@@ -60,6 +60,15 @@ class AllocatorCalibration:
         return cls(max(0, int(excess)), default.fragmentation, f"history ({len(usable)} runs, offset only)")
 
 
+def default_calibration(device_type: str) -> AllocatorCalibration:
+    """Starting calibration per device type: CUDA's generous guess, none for host RAM, labelled guesses else."""
+    if device_type == "cpu":
+        return AllocatorCalibration(0, 0.0, "cpu: host allocator, no overhead modelled")
+    if device_type == "mps":
+        return AllocatorCalibration(256 * MIB, 0.15, "uncalibrated (mps: allocator behaviour not measured)")
+    return AllocatorCalibration()
+
+
 @dataclass(frozen=True)
 class TimeModel:
     """Seconds of one UNet call = per_call_s + per_pixel_frame_s x (width x height x frames x batch).

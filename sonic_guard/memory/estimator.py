@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
 from . import stages
-from .calibration import AllocatorCalibration
+from .calibration import AllocatorCalibration, default_calibration
 from .model_specs import MetaModels, ModelConfigs
 from .plan import ExecutionPlan, MemoryEstimate, StageEstimate
 from .tracker import CUDA_BLOCK_BYTES
@@ -58,13 +58,15 @@ class MemoryEstimator:
     """Simulates each stage of a plan once per shape; `estimate(plan)` gives the whole run's prediction."""
 
     def __init__(self, configs: ModelConfigs | None = None, calibration: AllocatorCalibration | None = None,
-                 *, block: int = CUDA_BLOCK_BYTES, area_scaling: bool = True) -> None:
+                 *, block: int | None = None, area_scaling: bool = True, device_type: str = "cuda") -> None:
+        """`device_type` picks defaults: CUDA rounds allocations to 512 B; the CPU allocator does not round."""
         self.configs = configs or ModelConfigs.full_size()
+        self.device_type = device_type
         self.area_scaling = area_scaling
         # Exact simulations by shape family (stage key without width/height): the area-scaling fast path.
         self._families: dict[Hashable, tuple[int, int]] = {}
-        self.calibration = calibration or AllocatorCalibration()
-        self.block = block
+        self.calibration = calibration or default_calibration(device_type)
+        self.block = block if block is not None else (1 if device_type == "cpu" else CUDA_BLOCK_BYTES)
         self.models = MetaModels(self.configs)
         self.cache = StageCache()
         self._fingerprint = self.configs.fingerprint()
@@ -162,10 +164,9 @@ class MemoryEstimator:
                      estimate.peak_bytes / 2**30, estimate.dominant_stage)
         return estimate
 
-    def with_calibration(self, calibration: AllocatorCalibration) -> MemoryEstimator:
-        """Same cache and models, new allocator calibration (e.g. after loading history)."""
-        self.calibration = replace(calibration)
-        return self
+    def set_calibration(self, calibration: AllocatorCalibration) -> None:
+        """New allocator calibration (e.g. refitted from history); the activation cache stays valid."""
+        self.calibration = calibration
 
 
 def estimate_peak(plan: ExecutionPlan, model_configs: ModelConfigs | None = None, free_bytes: int | None = None,

@@ -81,9 +81,17 @@ class PeakReading:
     device: str
     free_before_bytes: int | None = None
     allocated_before_bytes: int | None = None
+    reserved_before_bytes: int | None = None
     peak_allocated_bytes: int | None = None  # absolute: includes weights already resident at entry
     peak_reserved_bytes: int | None = None  # absolute; compare with the prediction (it includes fragmentation)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def run_peak_bytes(self) -> int | None:
+        """Reserved peak added by the block: compare with a prediction when the block also loads the models."""
+        if self.peak_reserved_bytes is None or self.reserved_before_bytes is None:
+            return None
+        return self.peak_reserved_bytes - self.reserved_before_bytes
 
 
 @contextmanager
@@ -98,6 +106,7 @@ def measure_device_peak(device: str | torch.device) -> Iterator[PeakReading]:
     torch.cuda.synchronize(device)
     reading.free_before_bytes = torch_free_memory(device).free_bytes
     reading.allocated_before_bytes = int(torch.cuda.memory_allocated(device))
+    reading.reserved_before_bytes = int(torch.cuda.memory_reserved(device))
     torch.cuda.reset_peak_memory_stats(device)
     try:
         yield reading

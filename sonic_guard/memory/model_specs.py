@@ -96,8 +96,8 @@ class ModelConfigs:
         """Stable short hash of every field: part of each cache key."""
         blob = json.dumps(
             {"unet": dict(self.unet), "vae": dict(self.vae), "clip": dict(self.clip), "whisper": dict(self.whisper),
-             "adapters": dict(self.audio_adapters), "rife": self.rife_channels, "fixed": dict(self.fixed_weights), "tokens": self.audio_tokens, "mel": self.whisper_frames,
-             "window": self.window_frames},
+             "adapters": dict(self.audio_adapters), "rife": self.rife_channels, "fixed": dict(self.fixed_weights),
+             "tokens": self.audio_tokens, "mel": self.whisper_frames, "window": self.window_frames},
             sort_keys=True, default=str,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -105,7 +105,8 @@ class ModelConfigs:
 
 def _on_meta(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     # Some constructors create tensors with legacy constructors that ignore the device context; move them too.
-    return module.to(device="meta", dtype=dtype).eval()
+    # nn.Module.to directly: diffusers' override only adds a warning about fp32-pinned modules (none here).
+    return nn.Module.to(module, device="meta", dtype=dtype).eval()
 
 
 def _build(name: str, configs: ModelConfigs, dtype: torch.dtype) -> nn.Module:
@@ -137,6 +138,9 @@ def _build(name: str, configs: ModelConfigs, dtype: torch.dtype) -> nn.Module:
     return _on_meta(module, dtype)
 
 
+BUILT_MODELS = frozenset({"unet", "vae", "clip", "whisper", "audio_adapters", "rife"})
+
+
 class MetaModels:
     """Meta-device modules built on first use and kept for the life of this object (an estimator's)."""
 
@@ -155,6 +159,8 @@ class MetaModels:
         """Resident bytes of a model's weights; fixed figures for modules that are not built."""
         if name in self.configs.fixed_weights:
             return int(self.configs.fixed_weights[name])
+        if name not in BUILT_MODELS:
+            return 0  # a module without a builder and without a fixed figure in this configuration
         key = (name, dtype, block)
         if key not in self._weights:
             self._weights[key] = module_weight_bytes(self.get(name, dtype), block)

@@ -206,7 +206,7 @@ def _refusal(decision: PlanDecision, request: RunRequest) -> MemoryPlanError:
                      f"{usable}"),
             expected=f"at least {_gib(needed_free)} of free device memory for the smallest plan",
             fix=("free device memory (close other programs, unload other models), lower the resolution floor "
-                 "below {0}, or use a device with more memory".format(request.resolution_floor)),
+                 f"below {request.resolution_floor}, or use a device with more memory"),
         )
     error.decision = decision  # type: ignore[attr-defined]
     return error

@@ -15,7 +15,7 @@ from ..errors import CheckpointError
 from .audio_adapters import AudioTokenProjector, MotionBucketPredictor
 from .checkpoint_paths import ModelPaths, as_model_paths, download_hint, inspect_model_files
 from .rife import IFNet, strip_module_prefix
-from .state_dicts import check_state_dict, expected_shapes, load_checked, read_state_dict
+from .state_dicts import LOAD_ERRORS, check_state_dict, expected_shapes, load_checked, read_state_dict
 from .unet import SVD_XT_UNET_CONFIG, SonicUNet, build_sonic_unet
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def load_whisper(folder: Path, searched: Path) -> tuple[nn.Module, Any, Any]:
     try:
         model = WhisperModel.from_pretrained(folder, local_files_only=True)
         extractor = WhisperFeatureExtractor.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except LOAD_ERRORS as exc:
         raise _hf_error("whisper-tiny model", folder, searched, exc, "whisper") from exc
     return model.encoder.eval(), extractor, model.config
 
@@ -143,12 +143,12 @@ def load_vae_and_clip(svd: Path, searched: Path) -> tuple[nn.Module, nn.Module]:
         vae = AutoencoderKLTemporalDecoder.from_pretrained(
             vae_dir, variant=_variant(vae_dir), local_files_only=True, low_cpu_mem_usage=False
         )
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except LOAD_ERRORS as exc:
         raise _hf_error("SVD VAE", vae_dir, searched, exc, "vae") from exc
     try:
         clip = CLIPVisionModelWithProjection.from_pretrained(clip_dir, variant=_variant(clip_dir),
                                                              local_files_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except LOAD_ERRORS as exc:
         raise _hf_error("SVD CLIP image encoder", clip_dir, searched, exc, "image_encoder") from exc
     return vae.eval(), clip.eval()
 

@@ -18,6 +18,12 @@ logger = logging.getLogger(__name__)
 
 _SHOWN = 5  # how many differing keys a message lists
 
+# What torch.load, safetensors and from_pretrained raise on missing, truncated or corrupt files.
+LOAD_ERRORS: tuple[type[BaseException], ...] = (
+    RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile,
+    KeyError, AttributeError, TypeError, SafetensorError,
+)
+
 
 def _shape(shape: torch.Size | tuple[int, ...]) -> str:
     return "[" + ", ".join(str(int(s)) for s in shape) + "]"
@@ -39,8 +45,7 @@ def read_state_dict(path: Path, what: str, searched: Path, hint: str) -> dict[st
         else:
             # mmap avoids a second full copy in RAM for the 6 GB UNet; only zip-format files support it.
             loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile,
-            KeyError, AttributeError, TypeError, SafetensorError) as exc:
+    except LOAD_ERRORS as exc:
         raise CheckpointError(
             problem=f"The {what} file {path} (in {searched}) could not be read: it is truncated or corrupt "
             f"({type(exc).__name__}: {str(exc)[:200]})",

@@ -7,8 +7,9 @@ and the feed-forward chunking.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -71,6 +72,8 @@ class SonicUNet(nn.Module):
         self.num_upsamplers = sum(1 for block in self.up_blocks if block.upsamplers is not None)
         self.ip_audio_scale: float = 1.0
         self.feed_forward_chunks: int | None = None
+        # Weight offload (models.weight_streaming) sets this to bring each block's weights in for its turn.
+        self.block_residency: Callable[[nn.Module], contextlib.AbstractContextManager[Any]] | None = None
         cross_dim = int(self.config["cross_attention_dim"])
         for module in self.modules():
             if isinstance(module, TransformerSpatioTemporalModel):
@@ -87,6 +90,9 @@ class SonicUNet(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.conv_in.weight.dtype
 
+    def _resident(self, block: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        return self.block_residency(block) if self.block_residency is not None else contextlib.nullcontext()
+
     @property
     def device(self) -> torch.device:
         return self.conv_in.weight.device
@@ -99,6 +105,32 @@ class SonicUNet(nn.Module):
         emb = self.time_embedding(self.time_proj(timestep).to(dtype))
         added = self.add_time_proj(added_time_ids.flatten()).reshape(batch, -1).to(dtype)
         return emb + self.add_embedding(added)
+
+    def _cross_context(self, batch: int, frames: int, clip_embeds: Tensor, audio_tokens: Tensor,
+                       face_mask: Tensor | None) -> CrossContext:
+        if tuple(audio_tokens.shape[:2]) != (batch, frames):
+            raise ValueError(f"audio_tokens {tuple(audio_tokens.shape)} do not match sample batch/frames "
+                             f"({batch}, {frames})")
+        dim = clip_embeds.shape[-1]
+        if clip_embeds.shape[0] == batch * frames and frames > 1:
+            clip_frames = clip_embeds.reshape(batch * frames, -1, dim)  # per-frame CLIP, as the official accepts
+        elif clip_embeds.shape[0] == batch:
+            clip_frames = clip_embeds.reshape(batch, -1, dim).repeat_interleave(frames, dim=0)
+        else:
+            raise ValueError(f"clip_embeds {tuple(clip_embeds.shape)} match neither batch {batch} nor "
+                             f"batch*frames {batch * frames}")
+        return CrossContext(
+            batch=batch,
+            frames=frames,
+            clip_frames=clip_frames,
+            audio_frames=audio_tokens.flatten(0, 1),
+            # Temporal layers: mean over the window's frames (official spatial2time), not the first frame.
+            clip_window=clip_frames.reshape(batch, frames, *clip_frames.shape[1:]).mean(dim=1),
+            audio_window=audio_tokens.mean(dim=1),
+            face_mask=None if face_mask is None else face_mask.reshape(1, 1, *face_mask.shape[-2:]),
+            audio_scale=float(self.ip_audio_scale),
+            ff_chunks=self.feed_forward_chunks,
+        )
 
     def forward(
         self,
@@ -114,63 +146,54 @@ class SonicUNet(nn.Module):
         batch, frames = sample.shape[:2]
         dtype, device = self.dtype, sample.device
         sample = sample.to(dtype)
-        clip_embeds = clip_embeds.to(dtype).reshape(batch, -1, clip_embeds.shape[-1])
-        audio_tokens = audio_tokens.to(dtype)
-        if audio_tokens.shape[:2] != (batch, frames):
-            raise ValueError(f"audio_tokens {tuple(audio_tokens.shape)} do not match sample batch/frames "
-                             f"({batch}, {frames})")
-
         emb = self._time_embedding(timestep, added_time_ids, batch, device, dtype)
         emb = emb.repeat_interleave(frames, dim=0)
-        ctx = CrossContext(
-            batch=batch,
-            frames=frames,
-            clip_frames=clip_embeds.repeat_interleave(frames, dim=0),
-            audio_frames=audio_tokens.flatten(0, 1),
-            clip_window=clip_embeds.repeat_interleave(frames, dim=0).reshape(batch, frames, *clip_embeds.shape[1:])
-            .mean(dim=1),
-            audio_window=audio_tokens.mean(dim=1),
-            face_mask=None if face_mask is None else face_mask.reshape(1, 1, *face_mask.shape[-2:]),
-            audio_scale=float(self.ip_audio_scale),
-            ff_chunks=self.feed_forward_chunks,
-        )
+        ctx = self._cross_context(batch, frames, clip_embeds.to(dtype), audio_tokens.to(dtype), face_mask)
         indicator = torch.zeros(batch, frames, dtype=dtype, device=device)
 
         hidden = self.conv_in(sample.flatten(0, 1))
         skips: list[Tensor] = [hidden]
         for block in self.down_blocks:
-            attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
-            for resnet, attention in zip(block.resnets, attentions):
-                hidden = resnet(hidden, emb, image_only_indicator=indicator)
-                if attention is not None:
-                    hidden = transformer_forward(attention, hidden, ctx, indicator)
-                skips.append(hidden)
-            if block.downsamplers is not None:
-                for downsampler in block.downsamplers:
-                    hidden = downsampler(hidden)
-                skips.append(hidden)
+            with self._resident(block):
+                attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
+                for resnet, attention in zip(block.resnets, attentions):
+                    hidden = resnet(hidden, emb, image_only_indicator=indicator)
+                    if attention is not None:
+                        hidden = transformer_forward(attention, hidden, ctx, indicator)
+                    skips.append(hidden)
+                if block.downsamplers is not None:
+                    for downsampler in block.downsamplers:
+                        hidden = downsampler(hidden)
+                    skips.append(hidden)
 
         mid = self.mid_block
-        hidden = mid.resnets[0](hidden, emb, image_only_indicator=indicator)
-        for attention, resnet in zip(mid.attentions, mid.resnets[1:]):
-            hidden = transformer_forward(attention, hidden, ctx, indicator)
-            hidden = resnet(hidden, emb, image_only_indicator=indicator)
+        with self._resident(mid):
+            hidden = mid.resnets[0](hidden, emb, image_only_indicator=indicator)
+            for attention, resnet in zip(mid.attentions, mid.resnets[1:]):
+                hidden = transformer_forward(attention, hidden, ctx, indicator)
+                hidden = resnet(hidden, emb, image_only_indicator=indicator)
 
         odd_size = any(size % (2**self.num_upsamplers) != 0 for size in sample.shape[-2:])
         for index, block in enumerate(self.up_blocks):
-            attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
-            for resnet, attention in zip(block.resnets, attentions):
-                hidden = resnet(torch.cat([hidden, skips.pop()], dim=1), emb, image_only_indicator=indicator)
-                if attention is not None:
-                    hidden = transformer_forward(attention, hidden, ctx, indicator)
-            if block.upsamplers is not None:
-                # Force the skip's size when latents are not a multiple of 2**upsamplers (as diffusers does).
-                size = skips[-1].shape[2:] if odd_size and index < len(self.up_blocks) - 1 else None
-                for upsampler in block.upsamplers:
-                    hidden = upsampler(hidden, size)
+            with self._resident(block):
+                hidden = self._up_block(block, index, hidden, skips, emb, ctx, indicator, odd_size)
 
         hidden = self.conv_out(self.conv_act(self.conv_norm_out(hidden)))
         return hidden.reshape(batch, frames, *hidden.shape[1:])
+
+    def _up_block(self, block: nn.Module, index: int, hidden: Tensor, skips: list[Tensor], emb: Tensor,
+                  ctx: Any, indicator: Tensor, odd_size: bool) -> Tensor:
+        attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
+        for resnet, attention in zip(block.resnets, attentions):
+            hidden = resnet(torch.cat([hidden, skips.pop()], dim=1), emb, image_only_indicator=indicator)
+            if attention is not None:
+                hidden = transformer_forward(attention, hidden, ctx, indicator)
+        if block.upsamplers is not None:
+            # Force the skip's size when latents are not a multiple of 2**upsamplers (as diffusers does).
+            size = skips[-1].shape[2:] if odd_size and index < len(self.up_blocks) - 1 else None
+            for upsampler in block.upsamplers:
+                hidden = upsampler(hidden, size)
+        return hidden
 
 
 def build_sonic_unet(

@@ -1,0 +1,7 @@
+"""`python -m sonic_guard.client --help`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
