@@ -17,11 +17,19 @@ from .services import install_services
 NODES: list[type[io.ComfyNode]] = [ModelLoader, LoadAudio, Generate, Plan, GpuMemoryReadout, ProfilingTag]
 
 
-class SonicGuardExtension(ComfyExtension):
-    async def on_load(self) -> None:
-        register_model_folders()
-        install_services()
+def _set_up_once() -> None:
+    """Model folder, per-server services and HTTP routes; idempotent (the services mark that it ran)."""
+    register_model_folders()
+    _, created = install_services()
+    if created:
         register_routes()
 
+
+class SonicGuardExtension(ComfyExtension):
+    async def on_load(self) -> None:
+        _set_up_once()
+
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # ComfyUI 0.3.75 never calls on_load; it does call get_node_list once, before the routes are added.
+        _set_up_once()
         return list(NODES)

@@ -81,7 +81,8 @@ class Generate(io.ComfyNode):
             outputs=[
                 io.Video.Output("video", tooltip="The mp4 with audio (ComfyUI VIDEO)."),
                 io.Image.Output("frames", tooltip="All frames (only with output_frames; else one frame)."),
-                io.Audio.Output("audio", tooltip="The audio as used (trimmed or padded to the duration)."),
+                io.Audio.Output("audio_used", display_name="audio",
+                                tooltip="The audio as used (trimmed or padded to the duration)."),
                 io.Float.Output("fps", tooltip="Frame rate of the video (25 with interpolation, else 12.5)."),
                 io.String.Output("report", tooltip="JSON: plan, predicted and measured peak, levers, downgrades, "
                                  "retries, stage times."),

@@ -28,7 +28,8 @@ class GpuMemoryReadout(io.ComfyNode):
                 ),
             ],
             outputs=[
-                io.AnyType.Output("passthrough", tooltip="The input value, unchanged."),
+                io.AnyType.Output("passthrough_out", display_name="passthrough",
+                                  tooltip="The input value, unchanged."),
                 io.String.Output("table", tooltip="A readable table of every figure, labelled by source."),
                 io.Float.Output("gpu_free_gib", tooltip="NVML free memory of the first GPU in GiB (0 without a GPU)."),
                 io.Float.Output("torch_allocated_gib",

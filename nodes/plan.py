@@ -32,7 +32,8 @@ class Plan(io.ComfyNode):
             outputs=[
                 io.String.Output("plan", tooltip="JSON: verdict, plan, predicted peak per stage, rungs tried."),
                 io.Boolean.Output("fits", tooltip="True when the run fits (possibly after downgrades)."),
-                io.Int.Output("min_resolution", tooltip="The resolution the plan would use."),
+                io.Int.Output("planned_min_resolution", display_name="min_resolution",
+                              tooltip="The resolution the plan would use."),
             ],
             is_output_node=True,
         )

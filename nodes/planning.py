@@ -12,7 +12,8 @@ from ..sonic_guard.job import model_configs_of
 from ..sonic_guard.memory.estimator import MemoryEstimator
 from ..sonic_guard.memory.model_specs import ModelConfigs
 from ..sonic_guard.memory.plan import RunRequest
-from ..sonic_guard.memory.planner import plan_run, resolve_preset
+from ..sonic_guard.memory.planner import plan_run
+from ..sonic_guard.memory.presets import PRESETS
 from . import comfy_bridge as comfy
 from .services import services
 
@@ -23,11 +24,14 @@ PLAN_DEFAULTS: dict[str, Any] = {
 
 
 def resolve_widgets(widgets: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Apply a preset (fast / hd / minimal), resolved against the free memory of this device."""
-    preset = str(widgets.get("preset", "custom"))
+    """Apply a preset (fast / hd / minimal). The planner then fits it to this device's free memory: a preset is
+    resolved with the auto ladder even under policy strict, since it names a quality level, not a contract."""
+    preset = str(widgets.get("preset", "custom")).lower()
     if preset == "custom":
         return dict(widgets)
-    return {**widgets, **resolve_preset(preset, comfy.free_memory_bytes(device))}
+    chosen = PRESETS[preset]
+    return {**widgets, "min_resolution": chosen.min_resolution, "inference_steps": chosen.inference_steps,
+            "dynamic_scale": chosen.dynamic_scale, "memory_policy": "auto"}
 
 
 def _estimator(configs: ModelConfigs) -> MemoryEstimator:
@@ -68,7 +72,7 @@ def plan_from_widgets(widgets: dict[str, Any]) -> dict[str, Any]:
         inference_steps=int(values["inference_steps"]), audio_seconds=float(values["duration"]) or 10.0,
         dynamic_scale=float(values["dynamic_scale"]), interpolate=values["interpolation"] != "none",
         dtype="float16" if device.type == "cuda" else "float32",
-        attention="flash" if device.type == "cuda" else "math",
+        attention="flash" if device.type in ("cuda", "cpu") else "math",  # torch has fused SDPA kernels there
     )
     estimator = _estimator(_configs_for_folder(values.get("model_folder")))
     free = comfy.free_memory_bytes(device)

@@ -43,7 +43,8 @@ class ProfilingTag(io.ComfyNode):
                                 tooltip="Grafana tenant (X-Scope-OrgID). Empty: SONIC_PYROSCOPE_TENANT."),
             ],
             outputs=[
-                SonicModelType.Output("sonic_model", tooltip="The same model, with profiling attached."),
+                SonicModelType.Output("tagged_model", display_name="sonic_model",
+                                      tooltip="The same model, with profiling attached."),
                 io.String.Output("status", tooltip="Whether profiling is on, and why not if it is off."),
             ],
         )

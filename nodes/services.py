@@ -23,19 +23,20 @@ class PackServices:
     estimators: dict[str, Any] = field(default_factory=dict)  # per model configuration: shape caches inside
 
 
-def install_services() -> PackServices:
+def install_services() -> tuple[PackServices, bool]:
+    """The server's services, and whether this call created them."""
     existing = getattr(PromptServer.instance, _ATTRIBUTE, None)
     if existing is not None:
-        return existing
+        return existing, False
     # A worker started with --cpu is healthy without a GPU; one that should have a GPU is not.
     require_gpu = compute_device().type == "cuda"
     services = PackServices(telemetry=Telemetry(thresholds=HealthThresholds(require_gpu=require_gpu)))
     setattr(PromptServer.instance, _ATTRIBUTE, services)
-    return services
+    return services, True
 
 
 def services() -> PackServices:
-    return install_services()
+    return install_services()[0]
 
 
 def queue_length() -> int:

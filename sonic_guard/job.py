@@ -22,7 +22,8 @@ from .image_prep import PreparedReference, prepare_reference
 from .memory.estimator import MemoryEstimator
 from .memory.model_specs import ModelConfigs
 from .memory.plan import ExecutionPlan, RunRequest
-from .memory.planner import PlanDecision, next_rung_after_oom, plan_run
+from .memory.planner import PlanDecision, plan_run
+from .memory.recovery import next_rung_after_oom
 from .models.checkpoints import SonicModelSet
 from .pipeline import GenerationResult, generate
 from .runtime import ModelPlacer, RunHooks
@@ -90,7 +91,7 @@ def plan_for(
         image_width=width, image_height=height, min_resolution=settings.min_resolution,
         inference_steps=settings.inference_steps, audio_seconds=audio_seconds,
         dynamic_scale=settings.dynamic_scale, interpolate=settings.interpolation != "none", dtype=dtype,
-        attention="flash" if env.device.type == "cuda" else "math",
+        attention="flash" if env.device.type in ("cuda", "cpu") else "math",  # fused SDPA kernels exist there
     )
     return plan_run(request, env.free_memory(), env.estimator, policy=policy, time_budget_s=time_budget_s)
 

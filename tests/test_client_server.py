@@ -13,7 +13,14 @@ from comfy_host import REPO, ComfyServer, free_port
 from conftest import speak
 from PIL import Image
 
-from sonic_guard.client import ComfyClient, Overrides, PromptRejectedError, run_workflow
+from sonic_guard.client import (
+    BatchRunner,
+    ComfyClient,
+    Overrides,
+    PromptRejectedError,
+    jobs_from_folder,
+    run_workflow,
+)
 
 TINY = ["--set", "1.model_folder=tiny-sonic", "--min-resolution", "128", "--steps", "2"]
 
@@ -111,3 +118,33 @@ def test_library_run_of_a_core_workflow_downloads_the_preview(comfy_server: Comf
     with Image.open(png) as image:
         assert image.size == (64, 32)
         assert image.convert("RGB").getpixel((0, 0)) == (0, 255, 0)
+
+
+def test_parallel_batch_spreads_jobs_over_servers(comfy_server: ComfyServer, tmp_path: Path) -> None:
+    """Core nodes only (fast): four (image, audio) pairs, two at a time, over two addresses of the server."""
+    workflow = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "?"}},
+        "2": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact",
+                                                       "width": 16, "height": 16, "crop": "disabled"}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "client/face"}},
+        "4": {"class_type": "LoadAudio", "inputs": {"audio": "?"}},
+        "5": {"class_type": "SaveAudio", "inputs": {"audio": ["4", 0], "filename_prefix": "client/voice"}},
+    }
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    for number in range(4):
+        Image.new("RGB", (40, 30), (number * 60, 0, 0)).save(pairs / f"p{number}.png")
+        speak(pairs / f"p{number}.wav", f"number {number}")
+    urls = [f"http://127.0.0.1:{comfy_server.port}", f"http://localhost:{comfy_server.port}"]
+    chosen: list[str] = []
+    runner = BatchRunner([ComfyClient(url) for url in urls], workflow, Overrides(), tmp_path / "out", parallel=2,
+                         on_event=lambda kind, info: chosen.append(info["server"]) if kind == "chosen" else None)
+    outcome = runner.run(jobs_from_folder(pairs))
+    assert outcome.done == ["p0", "p1", "p2", "p3"] and not outcome.failed, outcome.failed
+    assert set(chosen) == set(urls)
+    for number in range(4):
+        folder = tmp_path / "out" / f"p{number}"
+        [png] = folder.glob("face_*.png")
+        with Image.open(png) as image:
+            assert image.size == (16, 16) and image.getpixel((8, 8))[0] == number * 60
+        assert len(list(folder.glob("voice_*"))) == 1

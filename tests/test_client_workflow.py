@@ -184,6 +184,9 @@ def test_server_choice_prefers_free_gpu_memory_then_short_queues() -> None:
     assert choose([large, small], avoid=["http://gpu-large:1"]).url == "http://gpu-small:1"
     assert choose([large], avoid=["http://gpu-large:1"]).url == "http://gpu-large:1"
     assert choose([]) is None
+    # Parallel jobs: a server already running more of this client's jobs comes after the others.
+    assert choose([large, small], busy={"http://gpu-large:1": 1}).url == "http://gpu-small:1"
+    assert choose([large, small], busy={"http://gpu-large:1": 1, "http://gpu-small:1": 1}).url == "http://gpu-large:1"
 
 
 def test_health_snapshot_is_read_as_the_pack_writes_it() -> None:

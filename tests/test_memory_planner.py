@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from sonic_guard.errors import BadInputError, MemoryPlanError
@@ -9,7 +11,7 @@ from sonic_guard.memory.calibration import AllocatorCalibration, TimeModel
 from sonic_guard.memory.estimator import MemoryEstimator
 from sonic_guard.memory.levers import LEVER_ORDER
 from sonic_guard.memory.model_specs import ModelConfigs
-from sonic_guard.memory.plan import RunRequest
+from sonic_guard.memory.plan import ExecutionPlan, RunRequest, frame_size
 from sonic_guard.memory.planner import PlanDecision, plan_run, usable_bytes
 from sonic_guard.memory.presets import preset_request, resolve_preset
 from sonic_guard.memory.recovery import next_rung_after_oom
@@ -27,6 +29,12 @@ def estimator() -> MemoryEstimator:
 @pytest.fixture(scope="module")
 def requested_peak(estimator: MemoryEstimator) -> int:
     return estimator.estimate(REQUEST.requested_plan(), exact=True).peak_bytes
+
+
+def min_resolution_above(plan: ExecutionPlan) -> ExecutionPlan:
+    size = plan.min_resolution + 64
+    width, height = frame_size(size, REQUEST.image_width, REQUEST.image_height)
+    return replace(plan, min_resolution=size, width=width, height=height)
 
 
 def decide(estimator: MemoryEstimator, free: int) -> PlanDecision | MemoryPlanError:
@@ -57,11 +65,14 @@ def test_ladder_over_a_grid_of_free_memory(estimator: MemoryEstimator, requested
         if fraction >= 1.0:
             assert not plan.levers_applied and not plan.downgrades
         if plan.downgrades:
-            # Quality-neutral levers come first: none left would lower the stage that dominates now.
-            dominant = outcome.estimate.dominant_stage
-            before = outcome.estimate.stages[dominant].peak_bytes
+            # Quality-neutral levers come first: at the rung before the last downgrade, no lever left would
+            # have lowered the stage that dominated there.
+            above = min_resolution_above(plan)
+            estimate = estimator.estimate(above)
+            dominant = estimate.dominant_stage
+            before = estimate.stages[dominant].peak_bytes
             for lever in LEVER_ORDER:
-                stepped = lever.apply(plan, ("flash", "mem_efficient", "math")) if dominant in lever.stages else None
+                stepped = lever.apply(above, ("flash", "mem_efficient", "math")) if dominant in lever.stages else None
                 if stepped is not None:
                     after = estimator.estimate(stepped).stages[dominant].peak_bytes
                     assert after > before * 0.99 - 1, lever.name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import mimetypes
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 # Where the client's uploads go inside the server's input folder, so they do not mix with hand-placed files.
 UPLOAD_SUBFOLDER = "sonic_client"
-NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout, OSError)
+NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, TimeoutError, socket.timeout, OSError)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,7 @@ class BatchState:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.records: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()  # parallel jobs append to the same file
         if self.path.exists():
             for number, line in enumerate(self.path.read_text().splitlines(), start=1):
                 if not line.strip():
@@ -130,10 +132,12 @@ class BatchState:
         entry = {"name": job.name, "fingerprint": job_fingerprint, "status": status,
                  "image": str(job.image), "audio": str(job.audio),
                  "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **fields}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(entry, default=str) + "\n")
-        self.records[job.name] = entry
+        line = json.dumps(entry, default=str) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as handle:
+                handle.write(line)
+            self.records[job.name] = entry
         return entry
 
     def relative(self, paths: Iterable[Path]) -> list[str]:

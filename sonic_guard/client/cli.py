@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch = parser.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=Path, metavar="PAIRS.csv", help="CSV with columns image,audio[,name]")
     batch.add_argument("--batch-dir", type=Path, metavar="DIR", help="folder of pairs matched by stem (a.png+a.wav)")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="batch jobs in flight at once, spread over the servers (default 1)")
     parser.add_argument("--max-attempts", type=int, default=3, help="tries per batch job when a server goes away")
     parser.add_argument("--wait-for-server", type=float, default=120.0,
                         help="seconds a batch waits for any server to answer before a job fails")
@@ -92,7 +94,8 @@ def _run(args: argparse.Namespace, err: TextIO) -> int:
             return EXIT_REJECTED
         jobs = jobs_from_csv(args.batch) if args.batch else jobs_from_folder(args.batch_dir)
         runner = BatchRunner(clients, workflow, overrides, args.out, max_attempts=args.max_attempts,
-                             wait_for_server_s=args.wait_for_server, timeout_s=args.timeout, progress_stream=err)
+                             wait_for_server_s=args.wait_for_server, timeout_s=args.timeout,
+                             parallel=max(1, args.parallel), progress_stream=err)
         outcome = runner.run(jobs)
         for name, error in outcome.failed.items():
             err.write(f"{name}: {format_error(error)}\n")

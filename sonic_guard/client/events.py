@@ -70,13 +70,16 @@ class EventStream:
         """Wait for the end of `prompt_id`; raises ExecutionFailedError on a node error or an interrupt."""
         record = RunRecord(prompt_id)
         deadline = time.monotonic() + timeout_s
+        next_check = time.monotonic() + POLL_INTERVAL_S
         while time.monotonic() < deadline:
             message = self._receive()
-            if message is None:
-                # Quiet for a while: the end may have gone by before we listened; /history knows.
+            if message is None or time.monotonic() >= next_check:
+                # Now and then ask /history too: it knows the end even if the websocket never told us.
+                next_check = time.monotonic() + POLL_INTERVAL_S
                 if self._finished_from_history(record):
                     return record
-                continue
+                if message is None:
+                    continue
             kind, data = message.get("type"), message.get("data") or {}
             if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
                 continue  # other prompts, and status broadcasts (queue length of the whole server)
@@ -94,7 +97,7 @@ class EventStream:
                 raise ExecutionFailedError({**data, "exception_type": "Interrupted",
                                             "exception_message": "the run was interrupted on the server"})
             elif kind == "execution_success" or (kind == "executing" and data.get("node") is None):
-                self._wait_history(record, deadline)
+                self._wait_history(record, deadline, timeout_s)
                 return record
         raise RunTimeoutError(self.client.url, prompt_id, timeout_s)
 
@@ -129,13 +132,13 @@ class EventStream:
             raise ExecutionFailedError(failure)
         return True
 
-    def _wait_history(self, record: RunRecord, deadline: float) -> None:
+    def _wait_history(self, record: RunRecord, deadline: float, timeout_s: float) -> None:
         # The history entry is written right after the final websocket message; give it a moment.
         while time.monotonic() < deadline:
             if self._finished_from_history(record):
                 return
             time.sleep(0.2)
-        raise RunTimeoutError(self.client.url, record.prompt_id, 0.0)
+        raise RunTimeoutError(self.client.url, record.prompt_id, timeout_s)
 
 
 def history_error(entry: dict[str, Any]) -> dict[str, Any] | None:

@@ -39,6 +39,7 @@ def run_workflow(
     *,
     label: str = "sonic",
     progress_stream: TextIO | None = None,
+    progress_redraw: bool | None = None,
     timeout_s: float = 3600.0,
     on_queued: Callable[[str], None] | None = None,
 ) -> JobResult:
@@ -53,7 +54,7 @@ def run_workflow(
     apply_overrides(workflow, overrides, placeholders)
     uploaded = {key: client.upload(getattr(overrides, key)) for key in placeholders}
     prompt = apply_overrides(workflow, overrides, uploaded)
-    progress = TextProgress(label, node_types(prompt), progress_stream)
+    progress = TextProgress(label, node_types(prompt), progress_stream, redraw=progress_redraw)
     client_id = uuid.uuid4().hex
     prompt_id = ""
     try:

@@ -18,11 +18,13 @@ class TextProgress:
     the percentage moves by 10 points or the node changes, so logs stay short.
     """
 
-    def __init__(self, label: str, node_types: dict[str, str] | None = None, stream: TextIO | None = None) -> None:
+    def __init__(self, label: str, node_types: dict[str, str] | None = None, stream: TextIO | None = None,
+                 redraw: bool | None = None) -> None:
         self.label = label
         self.node_types = node_types or {}
         self.stream = stream if stream is not None else sys.stderr
-        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+        # Redrawing in place only works for one bar on a terminal; parallel jobs pass redraw=False.
+        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)()) if redraw is None else redraw
         self.started = time.monotonic()
         self.node = ""
         self.value = 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,9 +65,16 @@ def rank(snapshots: Sequence[ServerSnapshot]) -> list[ServerSnapshot]:
     return [snap for _, snap in indexed]
 
 
-def choose(snapshots: Sequence[ServerSnapshot], avoid: Iterable[str] = ()) -> ServerSnapshot | None:
-    """The best server, preferring those not in `avoid` (URLs that just failed a run); None if none answered."""
+def choose(snapshots: Sequence[ServerSnapshot], avoid: Iterable[str] = (),
+           busy: Mapping[str, int] | None = None) -> ServerSnapshot | None:
+    """The best server; None if none answered.
+
+    Prefers servers not in `avoid` (URLs that just failed a run) and, when several jobs run at once, servers with
+    fewer of this client's jobs in flight (`busy`: URL -> count) so parallel jobs spread out before they pile up.
+    """
     avoided = set(avoid)
+    counts = busy or {}
     ranked = rank(snapshots)
-    preferred = [snap for snap in ranked if snap.url not in avoided]
-    return (preferred or ranked or [None])[0]
+    preferred = [snap for snap in ranked if snap.url not in avoided] or ranked
+    preferred.sort(key=lambda snap: counts.get(snap.url, 0))  # stable: keeps the rank among equals
+    return preferred[0] if preferred else None

@@ -7,24 +7,25 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .errors import WorkflowError
 
 # Loader node types whose file input --image / --audio set; the pack's audio loader first, core's works too.
-IMAGE_LOADERS = {"LoadImage": "image"}
-AUDIO_LOADERS = {"SonicGuardLoadAudio": "audio_file", "LoadAudio": "audio"}
+IMAGE_LOADERS = MappingProxyType({"LoadImage": "image"})
+AUDIO_LOADERS = MappingProxyType({"SonicGuardLoadAudio": "audio_file", "LoadAudio": "audio"})
 GENERATOR_TYPES = ("SonicGuardGenerate", "SonicGuardPlan")
 
 # Named overrides -> the generator input they set.
-GENERATOR_INPUTS = {
+GENERATOR_INPUTS = MappingProxyType({
     "min_resolution": "min_resolution",
     "steps": "inference_steps",
     "seed": "seed",
     "duration": "duration",
     "policy": "memory_policy",
     "preset": "preset",
-}
+})
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import stages
+from .attention_model import O_TOKENS_BACKENDS
 from .calibration import AllocatorCalibration, default_calibration
 from .model_specs import MetaModels, ModelConfigs
 from .plan import ExecutionPlan, MemoryEstimate, StageEstimate
@@ -122,7 +123,9 @@ class MemoryEstimator:
         family = (self._fingerprint, self.block, self._stage_key(stage, plan))
         sized = stage in SIZE_DEPENDENT_STAGES
         key = (*family, plan.width, plan.height) if sized else family
-        if key in self.cache.entries or exact or not sized or family not in self._families:
+        # Math attention grows with tokens squared, so only O(tokens) backends (and RIFE, no attention) scale.
+        scalable = sized and (plan.attention in O_TOKENS_BACKENDS or stage == "interpolate")
+        if key in self.cache.entries or exact or not scalable or family not in self._families:
             value, cached = self.cache.get_or_compute(key, lambda: self._simulate(stage, plan))
             if sized:
                 self._families[family] = (plan.width * plan.height, value)

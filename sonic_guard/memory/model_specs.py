@@ -167,7 +167,11 @@ class MetaModels:
         return self._weights[key]
 
     def streamed_unet_bytes(self, dtype: torch.dtype, block: int) -> int:
-        """UNet bytes resident when its weights stream block by block: the two largest blocks + the rest."""
+        """UNet bytes resident under `models.weight_streaming`: the non-block modules + one block at a time.
+
+        Two largest blocks are counted, not one: while a finished block leaves and the next arrives, the caching
+        allocator may not yet reuse the freed segments for the differently sized tensors of the next block.
+        """
         unet = self.get("unet", dtype)
         blocks: list[int] = []
         rest = 0
@@ -178,5 +182,5 @@ class MetaModels:
                 blocks.append(module_weight_bytes(child, block))
             else:
                 rest += module_weight_bytes(child, block)
-        largest = sorted(blocks, reverse=True)[:2]  # the running block and the one being prefetched
+        largest = sorted(blocks, reverse=True)[:2]
         return rest + sum(largest)
