@@ -126,10 +126,19 @@ def progress_bar(total: int, node_id: str | None = None) -> comfy.utils.Progress
     return comfy.utils.ProgressBar(total, node_id=node_id)
 
 
+class PatchedModule(nn.Module):
+    """A plain holder for one of our models: ModelPatcher writes attributes such as `device` onto the model it
+    manages, which diffusers and transformers models expose as read-only properties."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+
 def make_patcher(module: nn.Module, device: torch.device) -> comfy.model_patcher.ModelPatcher:
     """Wrap a model once, at load time, so ComfyUI's model management can load and evict it."""
     return comfy.model_patcher.ModelPatcher(
-        module, load_device=device, offload_device=model_management.unet_offload_device()
+        PatchedModule(module), load_device=device, offload_device=model_management.unet_offload_device()
     )
 
 
@@ -153,7 +162,7 @@ class ComfyModelPlacer:
             with stream_weights(module, patcher.load_device, patcher.offload_device):
                 yield module
             return
-        if patcher is None or patcher.model is not module:
+        if patcher is None or patcher.model.inner is not module:
             raise RuntimeError(f"model '{name}' was not wrapped for ComfyUI at load time")
         model_management.load_models_gpu(
             [patcher], memory_required=self.stage_activation_bytes, force_full_load=True

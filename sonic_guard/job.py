@@ -31,6 +31,16 @@ from .settings import GenerationSettings
 
 logger = logging.getLogger(__name__)
 
+# The pipeline's stages, as the memory model names the parts that peak in them.
+ESTIMATOR_STAGE = {
+    "preprocess": "clip_encode",
+    "audio_features": "audio_features",
+    "sampling": "unet_window",
+    "decode": "vae_decode",
+    "interpolation": "interpolate",
+    "encode": "vae_decode",  # frames are pulled through decode while encoding
+}
+
 
 @dataclass
 class JobRequest:
@@ -101,11 +111,11 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
     detector = make_face_detector(models.face_detector_path)
     settings = job.settings
     free_before = env.free_memory()
-    with env.hooks.observer.stage("preprocess"):
-        reference = prepare_reference(
-            job.image, min_resolution=settings.min_resolution, expand_ratio=settings.expand_ratio,
-            crop=settings.crop_face, detector=detector,
-        )
+    # Pre-flight: the face crop decides the frame size the plan is made for (CPU work, outside the stages).
+    reference = prepare_reference(
+        job.image, min_resolution=settings.min_resolution, expand_ratio=settings.expand_ratio,
+        crop=settings.crop_face, detector=detector,
+    )
     dtype = _dtype_name(models)
     decision = plan_for(reference, settings, job.audio.duration_s, env, policy=job.policy,
                         time_budget_s=job.time_budget_s, dtype=dtype)
@@ -134,8 +144,12 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
         env.on_event("oom_recovered", {"message": f"out of memory in {retry.stage}; retrying with "
                                        f"{', '.join(retry.levers) or 'the next rung'}"})
 
+    def next_rung(plan: ExecutionPlan, stage: str) -> ExecutionPlan | None:
+        return next_rung_after_oom(plan, ESTIMATOR_STAGE.get(stage, "unet_window"),
+                                   image_size=_source_size(reference))
+
     outcome = run_with_oom_recovery(
-        plan, attempt, observer=env.hooks.observer, next_rung=next_rung_after_oom, is_oom=env.is_oom,
+        plan, attempt, observer=env.hooks.observer, next_rung=next_rung, is_oom=env.is_oom,
         release_memory=env.release_memory, on_retry=on_retry, max_retries=env.max_retries,
     )
     result = outcome.result

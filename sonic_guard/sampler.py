@@ -4,6 +4,11 @@ Behaviour follows the reference pipeline (spec 4.6 steps 3-6): every step denois
 `window` frames whose start rotates by `shift_offset` frames per step, indexing wraps around the clip, and
 frames covered by several windows are averaged. Whole-clip latents and accumulators stay on the CPU in
 float32; the `DenoiseWindow` callable moves one window at a time to the compute device.
+
+Seams between segments of long audio (ours, not the reference's): `anchor_latents` pins the first k frames to
+the previous segment's last k final latents, inpainting-style. Before every step those frames are replaced by
+anchor + sigma * noise (the run's own seeded noise), so the windows denoise the new frames in temporal attention
+next to frames that are already decided; at the end they equal the anchor exactly.
 """
 
 from __future__ import annotations
@@ -94,10 +99,14 @@ def initial_latents(
     The noise is the only random draw of a run (the reference's unused noise-augmentation and per-step draws
     are not reproduced), so a seed gives the same clip on any device.
     """
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    shape = (num_frames, *reference_latent.shape)
-    noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+    noise = initial_noise(reference_latent, num_frames, seed)
     return reference_latent.detach().to("cpu", torch.float32)[None] + noise * sigma_max
+
+
+def initial_noise(reference_latent: torch.Tensor, num_frames: int, seed: int) -> torch.Tensor:
+    """Unit noise [num_frames, 4, h, w] from a CPU generator seeded with `seed`."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn((num_frames, *reference_latent.shape), generator=generator, dtype=torch.float32)
 
 
 def sample_latents(
@@ -110,27 +119,36 @@ def sample_latents(
     window: int = 25,
     shift_offset: int = 7,
     on_window: WindowCallback | None = None,
+    anchor_latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Denoise a whole clip: float32 latents [num_frames, 4, h, w] on the CPU, still x0.18215 scaled.
 
     `denoise_window(x, sigma, indices)` gets the window's latents after `scale_model_input` and returns the
     guided v-prediction. `on_window(done, total)` runs after every window (progress, cancellation); whatever
-    it raises propagates.
+    it raises propagates. `anchor_latents` [k, 4, h, w] (k < num_frames) holds the first k frames fixed (see
+    the module docstring); the returned first k frames equal it.
     """
     if reference_latent.dim() != 3:
         raise ValueError(f"reference_latent must be [4, h, w], got {tuple(reference_latent.shape)}")
+    anchor = _checked_anchor(anchor_latents, reference_latent, num_frames)
     if num_frames < 1:
         raise BadInputError(
             problem=f"The clip has {num_frames} frames to generate",
             expected="at least one frame (0.08 s of audio)", fix="use a longer audio clip",
         )
     sigmas = karras_sigmas(steps).tolist()
-    latents = initial_latents(reference_latent, num_frames, sigmas[0], seed)
+    noise = initial_noise(reference_latent, num_frames, seed)
+    latents = reference_latent.detach().to("cpu", torch.float32)[None] + noise * sigmas[0]
+    # anchored frames follow the run's own noise draw, so the anchor costs no extra randomness
+    anchor_noise = None if anchor is None else noise[: len(anchor)].clone()
+    del noise
     windows_per_step = len(range(0, num_frames, window))
     total, done, shift = steps * windows_per_step, 0, 0
     logger.debug("sampling %d frames: %d steps x %d windows", num_frames, steps, windows_per_step)
     for step in range(steps):
         sigma, sigma_next = sigmas[step], sigmas[step + 1]
+        if anchor is not None and anchor_noise is not None:  # inpainting: re-noise the anchor to this level
+            latents[: len(anchor)] = anchor + sigma * anchor_noise
         summed = torch.zeros_like(latents)
         counts = torch.zeros(num_frames, dtype=torch.float32)
         for indices in window_index_lists(num_frames, window, shift):
@@ -147,4 +165,21 @@ def sample_latents(
                 on_window(done, total)
         latents = summed / counts[:, None, None, None]
         shift += shift_offset
+    if anchor is not None:
+        latents[: len(anchor)] = anchor  # the last sigma is 0: the anchored frames end exactly on the anchor
     return latents
+
+
+def _checked_anchor(
+    anchor_latents: torch.Tensor | None, reference_latent: torch.Tensor, num_frames: int
+) -> torch.Tensor | None:
+    if anchor_latents is None or len(anchor_latents) == 0:
+        return None
+    if anchor_latents.dim() != 4 or tuple(anchor_latents.shape[1:]) != tuple(reference_latent.shape):
+        raise ValueError(
+            f"anchor_latents must be [k, {', '.join(map(str, reference_latent.shape))}], "
+            f"got {tuple(anchor_latents.shape)}"
+        )
+    if len(anchor_latents) >= num_frames:
+        raise ValueError(f"{len(anchor_latents)} anchor frames leave none of the {num_frames} frames to generate")
+    return anchor_latents.detach().to("cpu", torch.float32)

@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None, stderr: TextIO | None = None) -> int
     try:
         return _run(args, err)
     except ClientError as error:
-        err.write(format_error(error) + "\n")
+        err.write(format_error(error, with_traceback=args.verbose) + "\n")
         return error.exit_code
     except KeyboardInterrupt:
         err.write("cancelled\n")
@@ -115,7 +115,7 @@ def _run(args: argparse.Namespace, err: TextIO) -> int:
     return EXIT_OK
 
 
-def format_error(error: ClientError) -> str:
+def format_error(error: ClientError, with_traceback: bool = False) -> str:
     """The server's own words first: node errors of a refusal, `type: message` of a failed node."""
     if isinstance(error, PromptRejectedError):
         lines = [f"error: the server refused the workflow (HTTP {error.status})"]
@@ -131,5 +131,7 @@ def format_error(error: ClientError) -> str:
         return "\n".join(lines)
     if isinstance(error, ExecutionFailedError):
         where = f" (node {error.node_id} {error.node_type})" if error.node_id else ""
-        return f"error{where}: {error.summary}"
+        trace = error.details.get("traceback") if with_traceback else None
+        lines = "".join(trace) if isinstance(trace, list) else ""
+        return f"{lines}error{where}: {error.summary}"
     return f"error: {error}"

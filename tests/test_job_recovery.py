@@ -1,0 +1,136 @@
+"""The job runner end to end on the small model: the plan is reported, and an OOM injected in any stage is
+recovered by the planner's next rung (the only fake is the OOM itself and, for the ladder, the free memory)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import portrait_rgb
+
+from sonic_guard.audio_input import fit_duration, load_audio_file
+from sonic_guard.errors import MemoryPlanError, OutOfMemoryAfterRetriesError
+from sonic_guard.job import JobEnvironment, JobRequest, model_configs_of, run_job
+from sonic_guard.memory.estimator import MemoryEstimator
+from sonic_guard.models.checkpoints import load_sonic_models
+from sonic_guard.runtime import RunHooks, StageClock
+from sonic_guard.settings import GenerationSettings
+
+GIB = 2**30
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models: Path):
+    return load_sonic_models(tiny_models)
+
+
+@pytest.fixture(scope="module")
+def short_speech(tmp_path_factory: pytest.TempPathFactory):
+    from conftest import speak
+
+    path = speak(tmp_path_factory.mktemp("short") / "hi.wav", "Hi there.")
+    return fit_duration(load_audio_file(path), 1.0)[0]
+
+
+class InjectOom:
+    """A stage observer that raises a CUDA-style OOM the first time `stage` starts, like a real device would."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage_name = stage
+        self.fired = False
+        self.clock = StageClock()
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if name == self.stage_name and not self.fired:
+            self.fired = True
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+        with self.clock.stage(name):
+            yield
+
+    def stage_seconds(self) -> dict[str, float]:
+        return self.clock.seconds
+
+
+def environment(models, free_bytes: int, observer=None) -> tuple[JobEnvironment, list[str]]:
+    events: list[str] = []
+    released: list[int] = []
+    env = JobEnvironment(
+        device=torch.device("cpu"),
+        free_memory=lambda: free_bytes,
+        is_oom=lambda error: isinstance(error, torch.OutOfMemoryError),
+        release_memory=lambda: released.append(1),
+        estimator=MemoryEstimator(model_configs_of(models)),
+        hooks=RunHooks(observer=observer or StageClock()),
+        on_event=lambda event, data: events.append(event),
+    )
+    return env, events
+
+
+def job(tmp_path: Path, audio, **settings) -> JobRequest:
+    return JobRequest(
+        image=portrait_rgb(), audio=audio, output_path=tmp_path / "out.mp4",
+        settings=GenerationSettings(min_resolution=256, inference_steps=1, interpolation="none", **settings),
+    )
+
+
+@pytest.mark.parametrize("stage", ["preprocess", "audio_features", "sampling", "decode", "encode"])
+def test_oom_in_any_stage_is_recovered_with_the_next_rung(models, short_speech, tmp_path: Path, stage: str) -> None:
+    env, events = environment(models, 64 * GIB, InjectOom(stage))
+    outcome = run_job(models, job(tmp_path, short_speech), env)
+    report = outcome.report
+    assert report["outcome"] == "success"
+    assert len(report["retries"]) == 1
+    retry = report["retries"][0]
+    assert retry["stage"] == stage
+    assert retry["levers"], "the retry must change the plan"
+    assert retry["from_plan"] != retry["to_plan"]
+    assert "oom_recovered" in events
+    assert outcome.result.video.path.exists() and outcome.result.video.frames > 0
+
+
+def test_plan_is_reported_and_fits(models, short_speech, tmp_path: Path) -> None:
+    env, events = environment(models, 64 * GIB)
+    report = run_job(models, job(tmp_path, short_speech), env).report
+    assert report["predicted_peak_bytes"] > 0
+    assert report["free_bytes_before"] == 64 * GIB
+    assert report["plan"]["min_resolution"] == 256
+    assert set(report["stage_seconds"]) >= {"preprocess", "audio_features", "sampling", "decode", "encode"}
+    assert report["retries"] == []
+
+
+def test_low_free_memory_downgrades_resolution_and_says_so(models, short_speech, tmp_path: Path) -> None:
+    settings = GenerationSettings(min_resolution=256, inference_steps=1, interpolation="none")
+    env, _ = environment(models, 64 * GIB)
+    probe = run_job(models, job(tmp_path, short_speech), env).report
+    # Just below what 256 px needs with every quality-neutral lever: the planner must drop the resolution.
+    tight = int(probe["predicted_peak_bytes"] / 0.9 * 0.6)
+    env, events = environment(models, tight)
+    request = job(tmp_path, short_speech)
+    request.settings = settings
+    try:
+        report = run_job(models, request, env).report
+    except MemoryPlanError as error:
+        pytest.fail(f"the planner refused instead of downgrading: {error}")
+    assert report["plan"]["min_resolution"] < 256 or report["levers_applied"]
+    assert "downgraded" in events
+
+
+def test_repeated_oom_gives_up_with_an_actionable_error(models, short_speech, tmp_path: Path) -> None:
+    class AlwaysOom(InjectOom):
+        @contextlib.contextmanager
+        def stage(self, name: str) -> Iterator[None]:
+            if name == "sampling":
+                raise torch.OutOfMemoryError("CUDA out of memory (injected every time)")
+            with self.clock.stage(name):
+                yield
+
+    env, _ = environment(models, 64 * GIB, AlwaysOom("sampling"))
+    env.max_retries = 2
+    with pytest.raises(OutOfMemoryAfterRetriesError) as caught:
+        run_job(models, job(tmp_path, short_speech), env)
+    message = str(caught.value)
+    assert "sampling" in message and "after 2 recovery attempt" in message and "Fix:" in message

@@ -1,0 +1,205 @@
+"""Debian's Prometheus against a real ComfyUI 0.3.75 server with the pack.
+
+1. A Prometheus server scrapes /sonic/metrics; after one generation PromQL returns the run counters.
+2. The example agent config of docs/fleet/ (only port, URL and intervals changed) runs as
+   `prometheus --enable-feature=agent` and forwards the pack's series, with the per-worker external labels,
+   to a second Prometheus acting as remote_write receiver (the protocol Mimir's /api/v1/push speaks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from comfy_host import REPO, ComfyServer, execution_error
+
+PROMETHEUS = shutil.which("prometheus")
+AGENT_CONFIG = REPO / "docs" / "fleet" / "prometheus-agent.yml"
+
+pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="Debian prometheus is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class PrometheusProcess:
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, workdir: Path, config: dict, *, agent: bool = False, receiver: bool = False) -> PrometheusProcess:
+        workdir.mkdir(parents=True, exist_ok=True)
+        config_path = workdir / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        port = _free_port()
+        args = [PROMETHEUS, f"--config.file={config_path}", f"--web.listen-address=127.0.0.1:{port}"]
+        if agent:
+            args += ["--enable-feature=agent", f"--storage.agent.path={workdir / 'wal'}"]
+        else:
+            args += [f"--storage.tsdb.path={workdir / 'tsdb'}"]
+        if receiver:
+            args.append("--web.enable-remote-write-receiver")
+        log_path = workdir / "prometheus.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        prom = cls(process, port, log_path)
+        try:
+            prom._wait_ready(30.0)
+        except BaseException:
+            prom.stop()
+            raise
+        return prom
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"prometheus exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:  # noqa: S310 - loopback
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"prometheus not ready in {timeout_s}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def query(self, promql: str) -> list[dict]:
+        """Instant query through the HTTP API; the result vector."""
+        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+            answer = json.loads(response.read())
+        assert answer["status"] == "success", answer
+        return answer["data"]["result"]
+
+    def wait_for(self, promql: str, timeout_s: float = 30.0, predicate=bool) -> list[dict]:
+        """Poll `promql` until `predicate(result)` holds; fail with the log otherwise."""
+        deadline = time.monotonic() + timeout_s
+        result: list[dict] = []
+        while time.monotonic() < deadline:
+            result = self.query(promql)
+            if predicate(result):
+                return result
+            time.sleep(0.5)
+        raise AssertionError(f"{promql!r} gave {result} after {timeout_s}s\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(15)
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path: Path) -> Iterator:
+    started: list[PrometheusProcess] = []
+
+    def start(name: str, config: dict, **kwargs: bool) -> PrometheusProcess:
+        prom = PrometheusProcess.start(tmp_path / name, config, **kwargs)
+        started.append(prom)
+        return prom
+
+    try:
+        yield start
+    finally:
+        for prom in reversed(started):
+            prom.stop()
+
+
+def _value(result: list[dict]) -> float:
+    return sum(float(series["value"][1]) for series in result)
+
+
+def basic_prompt(**generator_inputs: object) -> dict:
+    prompt = json.loads((REPO / "workflows" / "sonic_basic_api.json").read_text())
+    prompt["1"]["inputs"]["model_folder"] = "tiny-sonic"
+    prompt["4"]["inputs"].update({"min_resolution": 128, "inference_steps": 2, **generator_inputs})
+    return prompt
+
+
+def test_prometheus_scrape_answers_promql_after_a_run(comfy_server: ComfyServer, prometheus_factory) -> None:
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+        "scrape_configs": [{
+            "job_name": "sonic_guard",
+            "metrics_path": "/sonic/metrics",
+            "static_configs": [{"targets": [f"127.0.0.1:{comfy_server.port}"]}],
+        }],
+    }
+    prom = prometheus_factory("server", config)
+    prom.wait_for('up{job="sonic_guard"} == 1')
+    # The server may be shared with other test files: compare with what it had counted before this run.
+    before_runs = _value(prom.wait_for('sonic_runs_total{outcome="success"}'))
+    before_sampling = _value(prom.query('sonic_stage_seconds_count{stage="sampling"}'))
+
+    history = comfy_server.run(basic_prompt(duration=2.0))
+    assert execution_error(history) is None, execution_error(history)
+
+    runs = prom.wait_for('sonic_runs_total{outcome="success"}', predicate=lambda r: _value(r) >= before_runs + 1)
+    assert _value(runs) == before_runs + 1
+    (series,) = runs
+    assert series["metric"]["job"] == "sonic_guard" and series["metric"]["instance"] == f"127.0.0.1:{comfy_server.port}"
+    # Every stage the generator tags was timed into the histogram by the same run.
+    stages = prom.query('sonic_stage_seconds_count{stage=~"preprocess|audio_features|sampling|decode|encode"} > 0')
+    assert {s["metric"]["stage"] for s in stages} == {"preprocess", "audio_features", "sampling", "decode", "encode"}
+    assert _value(prom.query('sonic_stage_seconds_count{stage="sampling"}')) == before_sampling + 1
+    assert _value(prom.query('sonic_stage_seconds_sum{stage="sampling"}')) > 0
+    assert _value(prom.query("sonic_predicted_peak_bytes")) > 0
+    assert prom.query('sonic_runs_total{outcome="failure"}')  # pre-initialised at zero, so rate() works
+    assert _value(prom.query("sum(sonic_failures_total)")) == _value(prom.query(
+        'sum(sonic_runs_total{outcome=~"failure|cancelled"})'))
+
+
+def test_fleet_agent_config_forwards_to_a_remote_write_receiver(
+    comfy_server: ComfyServer, prometheus_factory
+) -> None:
+    receiver = prometheus_factory("receiver", {"global": {"scrape_interval": "1m"}}, receiver=True)
+
+    # The documented agent config, changed only where a test must: the ComfyUI port, the remote_write URL
+    # (the receiver instead of Mimir) and the intervals (seconds instead of 15 s).
+    config = yaml.safe_load(AGENT_CONFIG.read_text())
+    config["global"].update({"scrape_interval": "1s", "scrape_timeout": "1s"})
+    config["scrape_configs"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{comfy_server.port}"]
+    remote = config["remote_write"][0]
+    remote["url"] = f"{receiver.url}/api/v1/write"
+    remote["queue_config"]["batch_send_deadline"] = "1s"
+    agent = prometheus_factory("agent", config, agent=True)
+
+    labels = config["global"]["external_labels"]
+    selector = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    forwarded = receiver.wait_for(f'sonic_runs_total{{{selector}}}', timeout_s=45)
+    assert {s["metric"]["outcome"] for s in forwarded} == {"success", "failure", "cancelled"}
+    assert all(s["metric"]["job"] == "sonic_guard" for s in forwarded)
+    assert receiver.wait_for(f'up{{{selector}}} == 1')
+    # write_relabel_configs keeps sonic_* and up only: the agent's scrape bookkeeping stays local.
+    assert receiver.query("scrape_duration_seconds") == []
+    assert receiver.query('{__name__=~".+", __name__!~"sonic_.*|up"}') == []
+    assert agent.process.poll() is None, agent.log()
