@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..sonic_guard.job import model_configs_of
+from ..sonic_guard.job import device_label, model_configs_of
 from ..sonic_guard.memory.estimator import MemoryEstimator
 from ..sonic_guard.memory.model_specs import ModelConfigs
 from ..sonic_guard.memory.plan import RunRequest
@@ -39,7 +39,12 @@ def _estimator(configs: ModelConfigs) -> MemoryEstimator:
     cache = services().estimators
     key = configs.fingerprint()
     if key not in cache:
-        cache[key] = MemoryEstimator(configs)
+        device = comfy.compute_device()
+        # The allocator overhead fitted from this machine's past runs (labelled "uncalibrated" until there are some).
+        calibration = services().history.calibration(device_label(device))
+        fitted = calibration.source.startswith("history")
+        cache[key] = MemoryEstimator(configs, calibration if fitted else None,
+                                     device_type=device.type)
     return cache[key]
 
 

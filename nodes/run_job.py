@@ -14,6 +14,7 @@ from ..sonic_guard.audio_input import audio_from_comfy, fit_duration
 from ..sonic_guard.errors import SonicGuardError
 from ..sonic_guard.job import JobEnvironment, JobRequest, run_job
 from ..sonic_guard.runtime import RunHooks
+from ..sonic_guard.segments import job_fingerprint, tensor_sha256
 from ..sonic_guard.settings import GenerationSettings
 from ..sonic_guard.telemetry.tags import run_tags
 from . import comfy_bridge as comfy
@@ -62,11 +63,14 @@ def run_generate_node(node_cls: type, handle: SonicModelHandle, image: torch.Ten
             ),
             hooks=hooks,
             on_event=lambda event, data: notify(event, data),
+            history=services().history,
         )
         job = JobRequest(
             image=image, audio=loaded, settings=settings, output_path=output_path,
             policy=str(widgets["memory_policy"]), time_budget_s=float(widgets["time_budget_s"]) or None,
             collect_frames=bool(widgets["output_frames"]), notes=[duration_note, *handle.notes],
+            segment_seconds=float(widgets.get("segment_seconds", 0.0)),
+            job_dir=comfy.output_directory() / "sonic_guard_jobs" / _job_key(image, audio, widgets),
         )
         outcome = run_job(handle.models, job, env)
     except BaseException as error:
@@ -86,6 +90,14 @@ def run_generate_node(node_cls: type, handle: SonicModelHandle, image: torch.Ten
         InputImpl.VideoFromFile(str(output_path)), frames, audio_out, float(result.fps), report_json,
         ui={"images": [saved], "animated": (True,), "text": (report_json,)},
     )
+
+
+def _job_key(image: torch.Tensor, audio: dict, widgets: dict[str, Any]) -> str:
+    """The same inputs and widgets give the same job folder, so a rerun resumes from finished segments."""
+    frame_widgets = {k: v for k, v in widgets.items() if k not in ("filename_prefix", "output_frames")}
+    inputs = {"image": tensor_sha256(image), "audio": tensor_sha256(audio["waveform"]),
+              "rate": str(audio["sample_rate"])}
+    return job_fingerprint(inputs, frame_widgets)[:24]
 
 
 def _first_frame(result) -> torch.Tensor:

@@ -10,9 +10,10 @@ from typing import Any
 
 from server import PromptServer
 
+from ..sonic_guard.memory.history import RunHistory
 from ..sonic_guard.telemetry.health import HealthThresholds
 from ..sonic_guard.telemetry.hub import Telemetry
-from .comfy_bridge import compute_device
+from .comfy_bridge import compute_device, user_directory
 
 _ATTRIBUTE = "sonic_guard_services"
 
@@ -20,6 +21,7 @@ _ATTRIBUTE = "sonic_guard_services"
 @dataclass
 class PackServices:
     telemetry: Telemetry
+    history: RunHistory
     estimators: dict[str, Any] = field(default_factory=dict)  # per model configuration: shape caches inside
 
 
@@ -30,7 +32,12 @@ def install_services() -> tuple[PackServices, bool]:
         return existing, False
     # A worker started with --cpu is healthy without a GPU; one that should have a GPU is not.
     require_gpu = compute_device().type == "cuda"
-    services = PackServices(telemetry=Telemetry(thresholds=HealthThresholds(require_gpu=require_gpu)))
+    history_path = user_directory() / "sonic_guard" / "history.sqlite"
+    history_path.parent.mkdir(parents=True, exist_ok=True)
+    services = PackServices(
+        telemetry=Telemetry(thresholds=HealthThresholds(require_gpu=require_gpu)),
+        history=RunHistory(history_path),
+    )
     setattr(PromptServer.instance, _ATTRIBUTE, services)
     return services, True
 

@@ -19,11 +19,14 @@ from .audio_input import LoadedAudio
 from .face import make_face_detector
 from .guarded_run import OomRetry, run_with_oom_recovery
 from .image_prep import PreparedReference, prepare_reference
+from .long_audio import generate_segmented, segment_frames_for
 from .memory.estimator import MemoryEstimator
+from .memory.history import RunHistory
 from .memory.model_specs import ModelConfigs
 from .memory.plan import ExecutionPlan, RunRequest
 from .memory.planner import PlanDecision, plan_run
 from .memory.recovery import next_rung_after_oom
+from .memory.report import RunReport
 from .models.checkpoints import SonicModelSet
 from .pipeline import GenerationResult, generate
 from .runtime import ModelPlacer, RunHooks
@@ -52,6 +55,8 @@ class JobRequest:
     time_budget_s: float | None = None
     collect_frames: bool = False
     notes: list[str] = field(default_factory=list)
+    segment_seconds: float = 0.0  # 0 = automatic: one clip up to 30 s, else 20 s segments (long_audio)
+    job_dir: Path | None = None  # where segments are kept for resume; None = next to output_path
 
 
 @dataclass
@@ -67,6 +72,7 @@ class JobEnvironment:
     hooks: RunHooks = field(default_factory=RunHooks)
     on_event: Callable[[str, dict], None] = lambda event, data: None
     max_retries: int = 3
+    history: RunHistory | None = None  # calibrates the time model; every finished run is recorded in it
 
 
 @dataclass
@@ -96,6 +102,7 @@ def plan_for(
     reference: PreparedReference, settings: GenerationSettings, audio_seconds: float, env: JobEnvironment,
     *, policy: str, time_budget_s: float | None, dtype: str,
 ) -> PlanDecision:
+    time_model = env.history.time_model(device_label(env.device)) if env.history else None
     width, height = _source_size(reference)
     request = RunRequest(
         image_width=width, image_height=height, min_resolution=settings.min_resolution,
@@ -103,7 +110,8 @@ def plan_for(
         dynamic_scale=settings.dynamic_scale, interpolate=settings.interpolation != "none", dtype=dtype,
         attention="flash" if env.device.type in ("cuda", "cpu") else "math",  # fused SDPA kernels exist there
     )
-    return plan_run(request, env.free_memory(), env.estimator, policy=policy, time_budget_s=time_budget_s)
+    return plan_run(request, env.free_memory(), env.estimator, policy=policy, time_budget_s=time_budget_s,
+                    time_model=time_model)
 
 
 def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobOutcome:
@@ -123,6 +131,7 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
     if plan.downgrades or plan.levers_applied:
         env.on_event("downgraded", {"message": _plan_message(decision), "plan": plan.to_dict()})
     references: dict[int, PreparedReference] = {settings.min_resolution: reference}
+    segment_frames = segment_frames_for(job.audio.duration_s, job.segment_seconds)
 
     def attempt(plan: ExecutionPlan, tracker) -> GenerationResult:
         if plan.min_resolution not in references:
@@ -135,6 +144,13 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
         hooks = replace(env.hooks, observer=tracker)
         placer = env.placer_for(plan) if env.placer_for else None
         _reset_peak(env.device)
+        if segment_frames is not None:  # an OOM retry resumes from the segments already finished
+            return generate_segmented(
+                models, references[plan.min_resolution], job.audio, run_settings, plan, job.output_path,
+                device=env.device, hooks=hooks, placer=placer, collect_frames=job.collect_frames,
+                job_dir=job.job_dir or job.output_path.with_name(job.output_path.stem + ".segments"),
+                segment_frames=segment_frames,
+            )
         return generate(
             models, references[plan.min_resolution], job.audio, run_settings, plan, job.output_path,
             device=env.device, hooks=hooks, placer=placer, collect_frames=job.collect_frames,
@@ -154,7 +170,34 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
     )
     result = outcome.result
     report = build_report(decision, outcome.plan, outcome.retries, result, free_before, env.device, job, started)
+    if env.history is not None:
+        env.history.record(history_entry(report, decision, outcome.plan, env.device))
     return JobOutcome(result=result, report=report)
+
+
+def device_label(device: torch.device) -> str:
+    """How history groups runs: the GPU model (calibration is per kind of device), else the device type."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def history_entry(report: dict[str, Any], decision: PlanDecision, plan: ExecutionPlan, device: torch.device
+                  ) -> RunReport:
+    frames = max(1, round(report["audio_seconds"] * 12.5))
+    windows = -(-frames // 25)
+    calls_per_window = 3 // plan.cfg_batch if plan.cfg_batch in (1, 3) else 2
+    stage_seconds = dict(report["stage_seconds"])
+    stage_seconds["unet"] = stage_seconds.get("sampling", 0.0)
+    return RunReport(
+        plan=report["plan"], predicted_peak_bytes=report["predicted_peak_bytes"],
+        raw_predicted_bytes=decision.estimate.raw_peak_bytes, measured_peak_bytes=report["measured_peak_bytes"],
+        free_before_bytes=report["free_bytes_before"], levers_applied=report["levers_applied"],
+        downgrades=report["downgrades"], retries=len(report["retries"]), stage_seconds=stage_seconds,
+        hardware={"device": device_label(device)}, unet_calls=windows * plan.inference_steps * calls_per_window,
+        unet_pixel_frames=plan.width * plan.height * 25 * (plan.cfg_batch if plan.cfg_batch != 2 else 2),
+        outcome=report["outcome"],
+    )
 
 
 def build_report(

@@ -73,7 +73,7 @@ def environment(models, free_bytes: int, observer=None) -> tuple[JobEnvironment,
 def job(tmp_path: Path, audio, **settings) -> JobRequest:
     return JobRequest(
         image=portrait_rgb(), audio=audio, output_path=tmp_path / "out.mp4",
-        settings=GenerationSettings(min_resolution=256, inference_steps=1, interpolation="none", **settings),
+        settings=GenerationSettings(min_resolution=128, inference_steps=1, interpolation="none", **settings),
     )
 
 
@@ -97,16 +97,16 @@ def test_plan_is_reported_and_fits(models, short_speech, tmp_path: Path) -> None
     report = run_job(models, job(tmp_path, short_speech), env).report
     assert report["predicted_peak_bytes"] > 0
     assert report["free_bytes_before"] == 64 * GIB
-    assert report["plan"]["min_resolution"] == 256
+    assert report["plan"]["min_resolution"] == 128
     assert set(report["stage_seconds"]) >= {"preprocess", "audio_features", "sampling", "decode", "encode"}
     assert report["retries"] == []
 
 
 def test_low_free_memory_downgrades_resolution_and_says_so(models, short_speech, tmp_path: Path) -> None:
-    settings = GenerationSettings(min_resolution=256, inference_steps=1, interpolation="none")
+    settings = GenerationSettings(min_resolution=128, inference_steps=1, interpolation="none")
     env, _ = environment(models, 64 * GIB)
     probe = run_job(models, job(tmp_path, short_speech), env).report
-    # Just below what 256 px needs with every quality-neutral lever: the planner must drop the resolution.
+    # Just below what 128 px needs with every quality-neutral lever: the planner must drop the resolution.
     tight = int(probe["predicted_peak_bytes"] / 0.9 * 0.6)
     env, events = environment(models, tight)
     request = job(tmp_path, short_speech)
@@ -115,7 +115,7 @@ def test_low_free_memory_downgrades_resolution_and_says_so(models, short_speech,
         report = run_job(models, request, env).report
     except MemoryPlanError as error:
         pytest.fail(f"the planner refused instead of downgrading: {error}")
-    assert report["plan"]["min_resolution"] < 256 or report["levers_applied"]
+    assert report["plan"]["min_resolution"] < 128 or report["levers_applied"]
     assert "downgraded" in events
 
 

@@ -1,0 +1,264 @@
+"""Long audio: the clip in segments that each fit, continuous seams, resumable, stitched without re-encoding.
+
+Top-down: Whisper features and motion buckets are computed once for the whole audio (they are small and
+CPU-resident), then `SegmentJob` renders the segments in order. A segment samples its frames with the
+previous segment's last latents as anchors (`sample_latents(anchor_latents=...)`), decodes and interpolates
+only its own frames and writes them to a video-only mp4 in the job folder. Finished segments survive a
+cancel, a crash or an OOM retry; the rerun skips them. At the end the segments are concatenated by copying
+packets and the full audio is muxed once (`stitch_videos`).
+
+The job folder is keyed by a fingerprint of everything that changes the frames: the prepared reference, the
+16 kHz audio, the model files, the settings, the output size/steps/dtype and the segment plan. Levers that
+do not change the result (CFG batching, chunking, offload, attention kernel) are left out, so an OOM retry
+that turns one on resumes from the segments already finished.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from .audio_input import LoadedAudio
+from .errors import BadInputError
+from .features import BUCKET_WINDOW, TOKEN_WINDOW, WHISPER_FRAMES_PER_GENERATED_FRAME, AudioFeatures
+from .image_prep import PreparedReference
+from .interpolate import pad_to_frame_count
+from .lipsync import measure_av_offset
+from .memory.plan import ExecutionPlan
+from .models.checkpoints import SonicModelSet
+from .pipeline import (
+    GENERATED_FPS,
+    ClipInputs,
+    GenerationResult,
+    OutputFormat,
+    audio_track,
+    clip_conditioning,
+    decoding_models,
+    default_placer,
+    frame_stream,
+    mouth_meter,
+    output_format,
+    prepare_clip,
+    sample_clip,
+    stage_seconds,
+    windows_per_step,
+)
+from .runtime import ModelPlacer, RunHooks, StageSwitcher
+from .segments import Segment, SegmentJob, SegmentOutput, job_fingerprint, plan_segments, stitch_videos, tensor_sha256
+from .settings import GenerationSettings
+from .video_writer import StreamingVideoWriter
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the frames of a segment would change for the same inputs
+DEFAULT_SEGMENT_SECONDS = 20.0
+AUTO_SEGMENT_ABOVE_S = 30.0
+MIN_SEGMENT_SECONDS = 2.0
+DEFAULT_CONTEXT_FRAMES = 6
+SEGMENT_SEED_STRIDE = 1_000_003  # distinct, reproducible noise per segment
+# plan fields that change the frames; the rest are quality-neutral levers (see the module docstring)
+FRAME_PLAN_FIELDS = ("width", "height", "inference_steps", "dtype", "interpolate", "dynamic_scale")
+SETTINGS_APPLIED_AFTER = ("duration", "lip_sync_correction")  # not part of a segment's frames
+
+
+def segment_frames_for(audio_seconds: float, segment_seconds: float = 0.0) -> int | None:
+    """Generated frames per segment, or None for one clip. 0 = automatic: segments only above 30 s."""
+    if segment_seconds < 0 or (0 < segment_seconds < MIN_SEGMENT_SECONDS):
+        raise BadInputError(
+            problem=f"segment_seconds is {segment_seconds}",
+            expected=f"0 (automatic) or at least {MIN_SEGMENT_SECONDS:g} s per segment",
+            fix=f"set segment_seconds to 0 or to {MIN_SEGMENT_SECONDS:g} or more (20 is a good choice)",
+        )
+    if segment_seconds == 0:
+        if audio_seconds <= AUTO_SEGMENT_ABOVE_S:
+            return None
+        segment_seconds = DEFAULT_SEGMENT_SECONDS
+    if audio_seconds <= segment_seconds:
+        return None
+    return round(segment_seconds * GENERATED_FPS)
+
+
+def features_for_frames(features: AudioFeatures, start: int, stop: int) -> AudioFeatures:
+    """The features of generated frames [start, stop) as a clip of their own (windows keep their real audio)."""
+    rows = WHISPER_FRAMES_PER_GENERATED_FRAME
+    return AudioFeatures(
+        multi_layer=features.multi_layer[rows * start : rows * stop + TOKEN_WINDOW],
+        last_layer=features.last_layer[rows * start : rows * stop + BUCKET_WINDOW],
+        num_frames_25fps=2 * (stop - start),
+    )
+
+
+def segment_seed(seed: int, index: int) -> int:
+    return (seed + index * SEGMENT_SEED_STRIDE) % 2**64
+
+
+@dataclass
+class _SegmentRun:
+    """What every segment's render reads."""
+
+    models: SonicModelSet
+    reference: PreparedReference
+    settings: GenerationSettings
+    plan: ExecutionPlan
+    inputs: ClipInputs
+    output: OutputFormat
+    placer: ModelPlacer
+    device: torch.device
+    hooks: RunHooks
+    segments: list[Segment]
+    context_frames: int
+    window_offsets: list[int]  # progress: windows before each segment, then the total
+
+    def render(self, segment: Segment, anchor: torch.Tensor | None, path: Path) -> SegmentOutput:
+        first, total = self.window_offsets[segment.index], self.window_offsets[-1]
+
+        def on_window(done: int, _total: int) -> None:
+            self.hooks.progress(first + done, total)
+            self.hooks.check_cancel()
+
+        start, stop = segment.context_start, segment.stop
+        conditioning = clip_conditioning(
+            self.inputs, self.reference, features_for_frames(self.inputs.features, start, stop),
+            self.inputs.buckets[start:stop],
+        )
+        anchor_latents = anchor[-segment.context_frames :] if anchor is not None and segment.context_frames else None
+        latents = sample_clip(
+            self.models, conditioning, self.settings, self.plan, self.placer, self.device, self.hooks,
+            seed=segment_seed(self.settings.seed, segment.index), on_window=on_window,
+            anchor_latents=anchor_latents,
+        )
+        info = self._write_video(segment, latents[segment.decode_range(self.output.mode)[0] - start :], path)
+        tail = None if segment.is_last else latents[-self.context_frames :].clone()
+        return SegmentOutput(info=info, tail_latents=tail)
+
+    def _write_video(self, segment: Segment, latents: torch.Tensor, path: Path):
+        mode = self.output.mode
+        count = segment.output_frames(mode)
+        if segment.is_last:  # the last segment pads the whole video to the audio's length
+            before = sum(other.output_frames(mode) for other in self.segments[:-1])
+            count = max(1, self.output.target_frames - before)
+        with decoding_models(self.placer, self.models):
+            switcher = StageSwitcher(self.hooks.observer)
+            try:
+                frames = frame_stream(latents, self.models, self.settings, self.plan, self.output, switcher,
+                                      self.device, self.hooks)
+                frames = pad_to_frame_count(islice(frames, segment.drop_leading(mode), None), count)
+                out = self.output
+                with StreamingVideoWriter(path, out.width, out.height, out.fps) as writer:
+                    for frame in frames:
+                        switcher.switch("encode")
+                        writer.write(frame)
+                    return writer.close()
+            finally:
+                switcher.close()
+
+
+def generate_segmented(
+    models: SonicModelSet,
+    reference: PreparedReference,
+    audio: LoadedAudio,
+    settings: GenerationSettings,
+    plan: ExecutionPlan,
+    output_path: Path,
+    *,
+    device: torch.device,
+    hooks: RunHooks | None = None,
+    placer: ModelPlacer | None = None,
+    collect_frames: bool = False,
+    job_dir: Path,
+    segment_frames: int | None = None,
+    context_frames: int = DEFAULT_CONTEXT_FRAMES,
+) -> GenerationResult:
+    """`pipeline.generate` in segments of at most `segment_frames` generated frames, resumable from `job_dir`."""
+    hooks = hooks or RunHooks()
+    placer = placer or default_placer(device, plan)
+    notes: list[str] = list(reference.warnings)
+    limit = segment_frames or round(DEFAULT_SEGMENT_SECONDS * GENERATED_FPS)
+
+    inputs = prepare_clip(models, reference, audio, settings, plan, placer, device, hooks)
+    output = output_format(models, settings, reference, audio, notes)
+    segments = plan_segments(inputs.num_frames, limit, context_frames)
+    offsets = [0]
+    for segment in segments:
+        offsets.append(offsets[-1] + windows_per_step(segment.stop - segment.context_start) * plan.inference_steps)
+    fingerprint = segment_fingerprint(models, reference, audio, settings, plan, output, limit, context_frames)
+    job = SegmentJob(job_dir, fingerprint, segments)
+    reused = sum(job.is_done(segment.index) for segment in segments)
+    run = _SegmentRun(models, reference, settings, plan, inputs, output, placer, device, hooks, segments,
+                      context_frames, offsets)
+
+    def on_segment(done: int, total: int) -> None:
+        hooks.progress(offsets[done], offsets[-1])
+        hooks.check_cancel()
+
+    paths = job.run(run.render, on_segment=on_segment)
+    offset = None
+    with hooks.observer.stage("encode"):
+        meter = mouth_meter(settings, reference, output)
+        if meter is not None:
+            for frame in _read_frames(paths):
+                meter.update(frame)
+            offset = measure_av_offset(meter.energies, audio.waveform, float(output.fps)).correction_s()
+            notes.append(f"lip sync: measured audio-video offset {offset:+.3f} s; audio shifted to cancel it")
+        video = stitch_videos(paths, output_path, audio_track(audio), audio_offset_s=offset or 0.0)
+    notes.append(f"long audio: {len(segments)} segments of up to {limit} generated frames with {context_frames} "
+                 f"anchor frames at each seam" + (f"; {reused} reused from {job_dir}" if reused else ""))
+    frames = _frames_tensor(_read_frames([video.path])) if collect_frames else None
+    return GenerationResult(video=video, fps=output.fps, frames=frames, notes=notes,
+                            stage_seconds=stage_seconds(hooks), av_offset_s=offset)
+
+
+def segment_fingerprint(
+    models: SonicModelSet, reference: PreparedReference, audio: LoadedAudio, settings: GenerationSettings,
+    plan: ExecutionPlan, output: OutputFormat, segment_frames: int, context_frames: int,
+) -> str:
+    """Hash of everything that changes a segment's frames (see the module docstring)."""
+    inputs = {
+        "reference": tensor_sha256(reference.reference),
+        "face_mask": tensor_sha256(reference.face_mask),
+        "clip_pixels": tensor_sha256(reference.clip_pixels),
+        "audio_16k": tensor_sha256(torch.from_numpy(np.ascontiguousarray(audio.waveform))),
+        "models": _model_identity(models),
+    }
+    frame_settings = {k: v for k, v in settings.to_dict().items() if k not in SETTINGS_APPLIED_AFTER}
+    plan_fields = plan.to_dict()
+    return job_fingerprint(inputs, {
+        "format_version": FORMAT_VERSION,
+        "settings": frame_settings,
+        "plan": {name: plan_fields[name] for name in FRAME_PLAN_FIELDS},
+        "output": {"mode": output.mode, "target_frames": output.target_frames, "fps": str(output.fps)},
+        "segment_frames": segment_frames,
+        "context_frames": context_frames,
+    })
+
+
+def _model_identity(models: SonicModelSet) -> str:
+    """The model files by path, size and modification time (hashing gigabytes of weights would take minutes)."""
+    parts = [str(next(models.unet.parameters()).dtype)]
+    paths = models.paths
+    for path in (paths.unet, paths.audio2token, paths.audio2bucket, paths.rife, paths.svd, paths.whisper):
+        if path is None:
+            parts.append("-")
+            continue
+        stat = path.stat() if path.exists() else None
+        parts.append(f"{path.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}")
+    return "|".join(parts)
+
+
+def _read_frames(paths: list[Path]):
+    """Decoded frames (uint8 HxWx3) of the given videos in order, one at a time."""
+    for path in paths:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="rgb24")
+
+
+def _frames_tensor(frames) -> torch.Tensor:
+    """[T, H, W, 3] float in [0, 1], read back from the finished video (resumed segments hold no frames)."""
+    return torch.from_numpy(np.stack(list(frames))).float() / 255.0
