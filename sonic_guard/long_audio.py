@@ -15,7 +15,10 @@ that turns one on resumes from the segments already finished.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -50,9 +53,19 @@ from .pipeline import (
     windows_per_step,
 )
 from .runtime import ModelPlacer, RunHooks, StageSwitcher
-from .segments import Segment, SegmentJob, SegmentOutput, job_fingerprint, plan_segments, stitch_videos, tensor_sha256
+from .segments import (
+    MANIFEST_NAME,
+    MIDPOINT_MODES,
+    Segment,
+    SegmentJob,
+    SegmentOutput,
+    job_fingerprint,
+    plan_segments,
+    stitch_videos,
+    tensor_sha256,
+)
 from .settings import GenerationSettings
-from .video_writer import StreamingVideoWriter
+from .video_writer import StreamingVideoWriter, VideoFileInfo
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +127,7 @@ class _SegmentRun:
     segments: list[Segment]
     context_frames: int
     window_offsets: list[int]  # progress: windows before each segment, then the total
+    job_dir: Path
 
     def render(self, segment: Segment, anchor: torch.Tensor | None, path: Path) -> SegmentOutput:
         first, total = self.window_offsets[segment.index], self.window_offsets[-1]
@@ -133,30 +147,56 @@ class _SegmentRun:
             seed=segment_seed(self.settings.seed, segment.index), on_window=on_window,
             anchor_latents=anchor_latents,
         )
-        info = self._write_video(segment, latents[segment.decode_range(self.output.mode)[0] - start :], path)
+        previous = self._previous_shown_frame(segment)
+        # Without the frame the previous segment ended on, decode its last latent again (slightly different
+        # pixels: the VAE's temporal decoder mixes the frames of a chunk).
+        decode_from = segment.start if previous is not None else segment.decode_range(self.output.mode)[0]
+        info = self._write_video(segment, latents[decode_from - start :], path, previous)
         tail = None if segment.is_last else latents[-self.context_frames :].clone()
         return SegmentOutput(info=info, tail_latents=tail)
 
-    def _write_video(self, segment: Segment, latents: torch.Tensor, path: Path):
-        mode = self.output.mode
+    def _last_frame_path(self, index: int) -> Path:
+        return self.job_dir / f"segment_{index:03d}_last.pt"
+
+    def _previous_shown_frame(self, segment: Segment) -> torch.Tensor | None:
+        """The frame the previous segment ended on: the seam's midpoint is taken from it to the new frames."""
+        if segment.drop_leading(self.output.mode) == 0:
+            return None
+        path = self._last_frame_path(segment.index - 1)
+        if not path.is_file():
+            logger.warning("%s is missing; the seam's midpoint uses a re-decoded frame", path.name)
+            return None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def _write_video(
+        self, segment: Segment, latents: torch.Tensor, path: Path, previous: torch.Tensor | None
+    ) -> VideoFileInfo:
+        mode, out = self.output.mode, self.output
         count = segment.output_frames(mode)
         if segment.is_last:  # the last segment pads the whole video to the audio's length
             before = sum(other.output_frames(mode) for other in self.segments[:-1])
-            count = max(1, self.output.target_frames - before)
+            count = max(1, out.target_frames - before)
+        last: torch.Tensor | None = None
         with decoding_models(self.placer, self.models):
             switcher = StageSwitcher(self.hooks.observer)
             try:
-                frames = frame_stream(latents, self.models, self.settings, self.plan, self.output, switcher,
-                                      self.device, self.hooks)
+                frames = frame_stream(latents, self.models, self.settings, self.plan, out, switcher,
+                                      self.device, self.hooks, previous_frame=previous)
                 frames = pad_to_frame_count(islice(frames, segment.drop_leading(mode), None), count)
-                out = self.output
                 with StreamingVideoWriter(path, out.width, out.height, out.fps) as writer:
                     for frame in frames:
                         switcher.switch("encode")
                         writer.write(frame)
-                    return writer.close()
+                        last = frame
+                    info = writer.close()
             finally:
                 switcher.close()
+        if not segment.is_last and last is not None and mode in MIDPOINT_MODES:
+            target = self._last_frame_path(segment.index)
+            temporary = target.with_suffix(".pt.tmp")
+            torch.save(last.detach().to("cpu", torch.float32).clone(), temporary)
+            os.replace(temporary, target)
+        return info
 
 
 def generate_segmented(
@@ -174,8 +214,12 @@ def generate_segmented(
     job_dir: Path,
     segment_frames: int | None = None,
     context_frames: int = DEFAULT_CONTEXT_FRAMES,
+    keep_segments: bool = False,
 ) -> GenerationResult:
-    """`pipeline.generate` in segments of at most `segment_frames` generated frames, resumable from `job_dir`."""
+    """`pipeline.generate` in segments of at most `segment_frames` generated frames, resumable from `job_dir`.
+
+    The segment files are removed after a successful stitch unless `keep_segments`.
+    """
     hooks = hooks or RunHooks()
     placer = placer or default_placer(device, plan)
     notes: list[str] = list(reference.warnings)
@@ -191,7 +235,7 @@ def generate_segmented(
     job = SegmentJob(job_dir, fingerprint, segments)
     reused = sum(job.is_done(segment.index) for segment in segments)
     run = _SegmentRun(models, reference, settings, plan, inputs, output, placer, device, hooks, segments,
-                      context_frames, offsets)
+                      context_frames, offsets, Path(job_dir))
 
     def on_segment(done: int, total: int) -> None:
         hooks.progress(offsets[done], offsets[-1])
@@ -210,6 +254,8 @@ def generate_segmented(
     notes.append(f"long audio: {len(segments)} segments of up to {limit} generated frames with {context_frames} "
                  f"anchor frames at each seam" + (f"; {reused} reused from {job_dir}" if reused else ""))
     frames = _frames_tensor(_read_frames([video.path])) if collect_frames else None
+    if not keep_segments:
+        _remove_segment_files(Path(job_dir))
     return GenerationResult(video=video, fps=output.fps, frames=frames, notes=notes,
                             stage_seconds=stage_seconds(hooks), av_offset_s=offset)
 
@@ -251,7 +297,15 @@ def _model_identity(models: SonicModelSet) -> str:
     return "|".join(parts)
 
 
-def _read_frames(paths: list[Path]):
+def _remove_segment_files(job_dir: Path) -> None:
+    """Only the files SegmentJob and this module write; the folder goes too when nothing else is in it."""
+    for path in [*job_dir.glob("segment_*"), job_dir / MANIFEST_NAME]:
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: someone else's files stay
+        job_dir.rmdir()
+
+
+def _read_frames(paths: list[Path]) -> Iterator[np.ndarray]:
     """Decoded frames (uint8 HxWx3) of the given videos in order, one at a time."""
     for path in paths:
         with av.open(str(path)) as container:
@@ -259,6 +313,6 @@ def _read_frames(paths: list[Path]):
                 yield frame.to_ndarray(format="rgb24")
 
 
-def _frames_tensor(frames) -> torch.Tensor:
+def _frames_tensor(frames: Iterable[np.ndarray]) -> torch.Tensor:
     """[T, H, W, 3] float in [0, 1], read back from the finished video (resumed segments hold no frames)."""
     return torch.from_numpy(np.stack(list(frames))).float() / 255.0

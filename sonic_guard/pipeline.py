@@ -11,6 +11,7 @@ segment by segment.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -218,14 +219,21 @@ def decoding_models(placer: ModelPlacer, models: SonicModelSet) -> contextlib.Ex
 def frame_stream(
     latents: torch.Tensor, models: SonicModelSet, settings: GenerationSettings, plan: ExecutionPlan,
     output: OutputFormat, switcher: StageSwitcher, device: torch.device, hooks: RunHooks,
+    previous_frame: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Stages decode and interpolation as one stream of [3, H, W] frames in [0, 1] on the CPU."""
-    decoded = staged(switcher, "decode", decode_stream(
+    """Stages decode and interpolation as one stream of [3, H, W] frames in [0, 1] on the CPU.
+
+    `previous_frame` (a frame already shown, e.g. the end of the previous segment) goes first into the
+    interpolation, so the stream starts with it and its midpoint to the first decoded frame.
+    """
+    decoded: Iterable[torch.Tensor] = staged(switcher, "decode", decode_stream(
         latents, vae_chunk_decoder(models.vae), chunk_size=plan.decode_chunk, device=device,
         dtype=plan.torch_dtype, on_chunk=lambda done, total: hooks.check_cancel(),
     ))
     if settings.smooth_motion > 0:
         decoded = staged(switcher, "interpolation", smooth_motion(decoded, settings.smooth_motion))
+    if previous_frame is not None:
+        decoded = itertools.chain((previous_frame,), decoded)
     return staged(switcher, "interpolation", interpolate_stream(decoded, output.mode, output.midpoint,
                                                                 device=device))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -27,15 +26,6 @@ TINY_UNET = dict(
     cross_attention_dim=D, addition_time_embed_dim=8, projection_class_embeddings_input_dim=24,
     sample_size=LATENT,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # the CPU is shared by many jobs; one thread avoids oversubscription stalls (10x slower otherwise)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

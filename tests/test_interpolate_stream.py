@@ -20,14 +20,6 @@ from sonic_guard.interpolate import (
 from sonic_guard.models.rife import IFNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _frames(count: int, size: int = 8) -> list[torch.Tensor]:
     return [torch.full((3, size, size), index / max(count - 1, 1)) for index in range(count)]
 

@@ -45,11 +45,13 @@ def test_anchor_frames_are_replaced_before_every_step(reference: torch.Tensor) -
     seen: list[tuple[float, torch.Tensor]] = []
 
     def recording(model_input: torch.Tensor, sigma: float, indices: list[int]) -> torch.Tensor:
-        seen.append((sigma, model_input[: 3].clone() * (sigma * sigma + 1.0) ** 0.5))
+        rows = [indices.index(frame) for frame in range(3)]
+        seen.append((sigma, model_input[rows].clone() * (sigma * sigma + 1.0) ** 0.5))
         return mixing_denoiser(model_input, sigma, indices)
 
     sample_latents(reference, 25, 3, recording, seed=1, anchor_latents=anchor)
     noise = torch.randn((25, 4, H, W), generator=torch.Generator().manual_seed(1))[:3]
+    assert len(seen) == 3
     for sigma, latents in seen:  # anchor + sigma * (the run's own noise for those frames)
         assert torch.allclose(latents, anchor + sigma * noise, rtol=1e-4, atol=1e-3 * max(1.0, sigma))
 

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from sonic_guard.models.audio_adapters import AudioTokenProjector, MotionBucketPredictor, raw_to_bucket
 from sonic_guard.models.rife import IFNet, backward_warp, strip_module_prefix
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:

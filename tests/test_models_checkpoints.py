@@ -14,14 +14,6 @@ from sonic_guard.models.checkpoints import ModelPaths, inspect_model_files, load
 from sonic_guard.models.tiny import TINY_CROSS_ATTENTION_DIM, TINY_WHISPER_DIM, write_tiny_model_set
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("checkpoints")

@@ -17,15 +17,6 @@ KEYS_TSV = Path("/work/shared/spec/sonic_unet_keys.tsv")
 D = TINY_UNET_CONFIG["cross_attention_dim"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # 2 shared cores: one thread avoids OpenMP spin-waiting and is several times faster for these small ops.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_unet():
     torch.manual_seed(0)

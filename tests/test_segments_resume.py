@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
@@ -28,14 +27,6 @@ from sonic_guard.video_writer import StreamingVideoWriter
 
 SIZE = 32
 MODE = "blend"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("limit,context", [(25, 5), (10, 3), (7, 1), (40, 8)])

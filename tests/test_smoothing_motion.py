@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
 from sonic_guard.errors import BadInputError
 from sonic_guard.smoothing import MotionSmoother, smooth_motion
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _moving_dot(count: int, size: int = 16) -> list[torch.Tensor]:

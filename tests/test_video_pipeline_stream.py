@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -22,14 +21,6 @@ from sonic_guard.interpolate import (
 )
 from sonic_guard.smoothing import smooth_motion
 from sonic_guard.video_writer import write_stream
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("fallback", ["none", "blend"])
