@@ -19,8 +19,11 @@ from conftest import ALL_NODE_IDS, speak
 from sonic_guard.client import BatchRunner, ComfyClient, Overrides, jobs_from_folder, load_workflow
 
 BASIC = REPO / "workflows" / "sonic_basic_api.json"
-SMALL_RUN = Overrides(min_resolution=128, steps=2, sets=(("1", "model_folder", "tiny-sonic"),))
-SMALL_RUN_ARGS = ["--min-resolution", "128", "--steps", "2", "--set", "1.model_folder=tiny-sonic"]
+# The small model, 128 px, 2 steps, no frame interpolation: the quickest real generation.
+SMALL_RUN = Overrides(min_resolution=128, steps=2, sets=(
+    ("1", "model_folder", "tiny-sonic"), ("1", "load_rife", False), ("4", "interpolation", "none")))
+SMALL_RUN_ARGS = ["--min-resolution", "128", "--steps", "2", "--set", "1.model_folder=tiny-sonic",
+                  "--set", "1.load_rife=false", "--set", "4.interpolation=none"]
 
 
 def start_server(base: Path, tiny_models: Path) -> ComfyServer:

@@ -23,7 +23,9 @@ from sonic_guard.client import (
     run_workflow,
 )
 
-TINY = ["--set", "1.model_folder=tiny-sonic", "--min-resolution", "128", "--steps", "2"]
+# The small model, 128 px, 2 steps, no frame interpolation: the quickest real generation.
+TINY = ["--set", "1.model_folder=tiny-sonic", "--set", "1.load_rife=false", "--set", "4.interpolation=none",
+        "--min-resolution", "128", "--steps", "2"]
 
 
 def client_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -71,6 +73,7 @@ def test_cli_shows_the_validation_error_and_exits_2(comfy_server: ComfyServer, t
     assert done.returncode == 2, done.stderr
     assert "node 4 (SonicGuardGenerate): value_bigger_than_max" in done.stderr, done.stderr
     assert "inference_steps" in done.stderr
+    assert "prompt_outputs_failed_validation: Prompt outputs failed validation" in done.stderr
     assert not list(tmp_path.iterdir())
 
 

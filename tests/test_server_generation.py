@@ -83,3 +83,24 @@ def test_metrics_and_health_answer(comfy_server: ComfyServer) -> None:
     health = comfy_server.get_json("/sonic/health")
     assert health["status"] in ("ok", "degraded")
     assert "queue_length" in health
+
+
+def test_extra_model_paths_yaml_is_honoured(tmp_path: Path, tiny_models: Path) -> None:
+    """A `sonic:` entry of extra_model_paths.yaml adds a search folder; the loader lists what it holds."""
+    import shutil
+
+    elsewhere = tmp_path / "shared-models" / "sonic-weights"
+    shutil.copytree(tiny_models, elsewhere / "elsewhere-sonic")
+    config = tmp_path / "extra_model_paths.yaml"
+    config.write_text(f"team:\n  base_path: {tmp_path / 'shared-models'}\n  sonic: sonic-weights\n")
+    server = ComfyServer.start(
+        tmp_path / "base", extra_args=["--extra-model-paths-config", str(config)],
+        required_nodes=["SonicGuardModelLoader"],
+    )
+    try:
+        info = server.get_json("/object_info/SonicGuardModelLoader")["SonicGuardModelLoader"]
+        options = info["input"]["required"]["model_folder"]
+        names = options[0] if isinstance(options[0], list) else options[1].get("options", [])
+        assert "elsewhere-sonic" in names, options
+    finally:
+        server.stop()
