@@ -88,8 +88,22 @@ def run_generate_node(node_cls: type, handle: SonicModelHandle, image: torch.Ten
     saved = {"filename": file_name, "subfolder": subfolder, "type": "output"}
     return io.NodeOutput(
         InputImpl.VideoFromFile(str(output_path)), frames, audio_out, float(result.fps), report_json,
-        ui={"images": [saved], "animated": (True,), "text": (report_json,)},
+        ui={"images": [saved], "animated": (True,), "text": (summary_line(report), report_json)},
     )
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One human line first in the node's text: nothing about the plan is silent."""
+    gib = 2**30
+    parts = [f"predicted peak {report['predicted_peak_bytes'] / gib:.2f} GiB"]
+    if report.get("measured_peak_bytes"):
+        parts.append(f"measured {report['measured_peak_bytes'] / gib:.2f} GiB")
+    parts.append(f"free before {report['free_bytes_before'] / gib:.1f} GiB")
+    parts.append("levers: " + (", ".join(report["levers_applied"]) or "none"))
+    parts.append("downgrades: " + ("; ".join(report["downgrades"]) or "none"))
+    parts.append(f"OOM retries: {len(report['retries'])}")
+    parts.append(f"{report['total_seconds']:.1f} s")
+    return "Sonic Guard | " + " | ".join(parts)
 
 
 def _job_key(image: torch.Tensor, audio: dict, widgets: dict[str, Any]) -> str:

@@ -135,17 +135,21 @@ def test_interrupted_job_resumes_from_finished_segments(setup: Setup, clean_run,
 
 
 def test_seams_are_no_bigger_than_the_steps_inside_segments(clean_run) -> None:
-    """Mean absolute difference between consecutive frames, at the seams versus inside the segments.
+    """Mean absolute difference between consecutive frames at the seams versus inside the segments.
 
-    Limits: the small model has random weights and one step, so this does not show that motion continues
-    across a seam; it catches seam defects (a re-decoded or repeated frame, a frame out of order, a jump in
-    brightness or colour), which show up as steps larger than any inside a segment.
+    Limits: the small model has random weights and one step, so this cannot show that motion continues across
+    a seam (with one step the anchor is only seen at sigma 700); inside a clip, frames that share windows are
+    more alike than frames that do not, so a seam may sit at the top of the inside range, hence a 15% margin.
+    What it catches: seam defects such as the seam's midpoint taken from a re-decoded frame (measured at 1.4-1.6x
+    the largest inside step before that was fixed), a repeated frame, or a frame out of order.
     """
     result, _ = clean_run
     frames = _frames(result.video.path).astype(np.float32)
     steps = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))
     segments = _segments()
+    generated = segments[-1].stop
     starts = np.cumsum([s.output_frames("blend") for s in segments])[:-1]  # first output frame of segment k>0
-    seam_steps = [steps[start - 1] for start in starts] + [steps[start] for start in starts]
-    inside = np.delete(steps, [*(starts - 1), *starts])
-    assert max(seam_steps) <= inside.max(), (seam_steps, inside.max(), inside.mean())
+    seam_steps = np.array([steps[start - 1] for start in starts] + [steps[start] for start in starts])
+    inside = np.delete(steps[: 2 * generated - 2], [*(starts - 1), *starts])  # padding frames left out
+    assert seam_steps.max() <= 1.15 * inside.max(), (seam_steps, inside.max(), inside.mean())
+    assert seam_steps.min() >= 0.5 * np.median(inside), (seam_steps, np.median(inside))

@@ -50,7 +50,7 @@ def profiling_server(
         server.stop()
 
 
-def profiled_prompt(server_address: str, seed: int) -> dict:
+def profiled_prompt(server_address: str, seed: int, interpolation: str = "rife") -> dict:
     prompt = json.loads((REPO / "workflows" / "sonic_basic_api.json").read_text())
     prompt["1"]["inputs"]["model_folder"] = "tiny-sonic"
     prompt["5"] = {
@@ -64,7 +64,8 @@ def profiled_prompt(server_address: str, seed: int) -> dict:
         },
     }
     prompt["4"]["inputs"].update(
-        {"sonic_model": ["5", 0], "min_resolution": 128, "inference_steps": 2, "duration": 2.0, "seed": seed}
+        {"sonic_model": ["5", 0], "min_resolution": 128, "inference_steps": 2, "duration": 1.0, "seed": seed,
+         "interpolation": interpolation}
     )
     return prompt
 
@@ -133,7 +134,7 @@ def test_profiled_generation_then_pyroscope_down(profiling_server: ComfyServer) 
     # The receiver is gone: its port refuses connections. Generation and the server carry on.
     requests_before = len(receiver.log.requests)
     started = time.monotonic()
-    history = profiling_server.run(profiled_prompt(receiver.address, seed=2))
+    history = profiling_server.run(profiled_prompt(receiver.address, seed=2, interpolation="none"))
     assert execution_error(history) is None, execution_error(history)
     assert history["status"]["status_str"] == "success"
     assert _status_text(history).startswith("profiling on"), _status_text(history)

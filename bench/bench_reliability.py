@@ -1,0 +1,156 @@
+"""Reliability bench through a real ComfyUI server: every bad input of tests/hardening_cases.py, then a soak of
+consecutive small runs, with the server's RSS, threads, open files, live tensors and temp files before and after.
+
+    .venv/bin/python bench/bench_reliability.py --soak-runs 200 --soak-budget-s 1200
+
+Writes bench/results/reliability.json. The soak stops early when its time budget runs out and says so
+(`soak_runs` is what really ran). Each soak run: 0.5 s of real speech, 128 px, 1 step, no interpolation, the small
+random model set; ComfyUI runs with --cache-none, so every run also reloads the models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+for extra in (REPO, REPO / "tests", REPO / "scripts"):
+    sys.path.insert(0, str(extra))
+
+from comfy_host import ComfyServer  # noqa: E402
+from hardening_cases import (  # noqa: E402
+    CASES,
+    evaluate,
+    execution_error_of,
+    portrait,
+    quick_prompt,
+    run_prompt,
+    save_image,
+    server_resources,
+    speak,
+)
+
+logger = logging.getLogger("bench_reliability")
+NODE_IDS = ("SonicGuardModelLoader", "SonicGuardLoadAudio", "SonicGuardGenerate")
+
+
+def start_server(base: Path) -> ComfyServer:
+    from sonic_guard.models.tiny import write_tiny_model_set
+
+    write_tiny_model_set(base / "models" / "sonic" / "tiny-sonic", seed=0)
+    (base / "input").mkdir(parents=True, exist_ok=True)
+    speak(base / "input" / "speech.wav")
+    save_image(portrait(), base / "input" / "portrait.png")
+    return ComfyServer.start(base, extra_args=["--cache-none"], required_nodes=NODE_IDS)
+
+
+def valid_run(server: ComfyServer, seed: int = 0) -> float:
+    started = time.monotonic()
+    _, answer, history = run_prompt(server, quick_prompt(seed=seed))
+    if history is None or execution_error_of(history) is not None:
+        raise RuntimeError(f"a valid run failed: {answer or execution_error_of(history)}")
+    return time.monotonic() - started
+
+
+def bad_inputs(server: ComfyServer) -> dict:
+    baseline = server_resources(server)
+    outcomes = []
+    for case in CASES:
+        outcome = evaluate(server, case)
+        logger.info("%-28s %-9s handled=%s %s", case.name, outcome.stage, outcome.handled, outcome.message[:120])
+        outcomes.append({
+            "case": case.name, "category": case.category, "accepted_input": case.accepted,
+            "stage": outcome.stage, "handled": outcome.handled, "exception_type": outcome.exception_type,
+            "seconds": round(outcome.seconds, 2), "server_alive": outcome.server_alive,
+            "message": outcome.message[:400],
+        })
+    next_run_s = valid_run(server, seed=11)
+    after = server_resources(server)
+    return {
+        "bad_inputs_tried": len(outcomes),
+        "bad_inputs_handled": sum(o["handled"] for o in outcomes),
+        "refused_with_our_error": sum(o["stage"] == "execution" and o["handled"] for o in outcomes),
+        "refused_at_queue": sum(o["stage"] == "queue" and o["handled"] for o in outcomes),
+        "accepted_and_converted": sum(o["stage"] == "success" and o["handled"] for o in outcomes),
+        "server_alive_throughout": all(o["server_alive"] for o in outcomes),
+        "slowest_refusal_s": max((o["seconds"] for o in outcomes if o["stage"] != "success"), default=0.0),
+        "next_valid_run_s": round(next_run_s, 2),
+        "resources_before": baseline,
+        "resources_after_next_run": after,
+        "rss_change_after_bad_inputs": round(after["rss_bytes"] / baseline["rss_bytes"] - 1, 4),
+        "cases": outcomes,
+    }
+
+
+def soak(server: ComfyServer, runs: int, budget_s: float) -> dict:
+    for seed in range(3):
+        valid_run(server, seed)
+    baseline = server_resources(server)
+    samples = [{"run": 0, **baseline}]
+    seconds: list[float] = []
+    started = time.monotonic()
+    while len(seconds) < runs and time.monotonic() - started < budget_s:
+        seconds.append(valid_run(server, 1000 + len(seconds)))
+        if len(seconds) % 10 == 0:
+            samples.append({"run": len(seconds), **server_resources(server)})
+            logger.info("soak %d runs, rss %.1f MiB", len(seconds), samples[-1]["rss_bytes"] / 2**20)
+    final = server_resources(server)
+    samples.append({"run": len(seconds), **final})
+    gpu = None
+    if final.get("gpu") and baseline.get("gpu"):
+        gpu = final["gpu"]["allocated"] - baseline["gpu"]["allocated"]
+    return {
+        "soak_runs": len(seconds),
+        "soak_runs_requested": runs,
+        "soak_stopped_by_budget": len(seconds) < runs,
+        "soak_seconds": round(time.monotonic() - started, 1),
+        "soak_run_seconds_median": round(statistics.median(seconds), 2) if seconds else None,
+        "soak_rss_growth": round(final["rss_bytes"] / baseline["rss_bytes"] - 1, 4),
+        "soak_rss_mib": [round(s["rss_bytes"] / 2**20, 1) for s in samples],
+        "soak_live_tensors": [baseline.get("live_tensors"), final.get("live_tensors")],
+        "soak_threads": [baseline["os_threads"], final["os_threads"]],
+        "soak_open_files": [baseline["open_files"], final["open_files"]],
+        "soak_temp_files_after": final["temp_files"],
+        "soak_gpu_allocated_growth_bytes": gpu,
+        "soak_samples": samples,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--soak-runs", type=int, default=200)
+    parser.add_argument("--soak-budget-s", type=float, default=1200.0)
+    parser.add_argument("--skip-bad-inputs", action="store_true")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "reliability.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    with tempfile.TemporaryDirectory(prefix="sonic_reliability_") as work:
+        server = start_server(Path(work))
+        try:
+            result: dict = {
+                "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
+                            "python": platform.python_version(), "gpu": None},
+                "server": "ComfyUI 0.3.75, --cpu --cache-none, small random model set",
+                "run": "0.5 s real speech, 128 px, 1 step, no interpolation",
+            }
+            if not args.skip_bad_inputs:
+                result.update(bad_inputs(server))
+            result.update(soak(server, args.soak_runs, args.soak_budget_s))
+            result["measurement"] = server_resources(server).get("source")
+        finally:
+            server.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    logger.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
