@@ -49,7 +49,9 @@ def start_server(base: Path) -> ComfyServer:
     (base / "input").mkdir(parents=True, exist_ok=True)
     speak(base / "input" / "speech.wav")
     save_image(portrait(), base / "input" / "portrait.png")
-    return ComfyServer.start(base, extra_args=["--cache-none"], required_nodes=NODE_IDS)
+    # One OpenMP thread: on a shared CPU, small kernels spin-wait on each other with more.
+    return ComfyServer.start(base, extra_args=["--cache-none"], required_nodes=NODE_IDS,
+                             env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
 
 
 def valid_run(server: ComfyServer, seed: int = 0) -> float:
@@ -138,7 +140,7 @@ def main() -> None:
             result: dict = {
                 "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
                             "python": platform.python_version(), "gpu": None},
-                "server": "ComfyUI 0.3.75, --cpu --cache-none, small random model set",
+                "server": "ComfyUI 0.3.75, --cpu --cache-none, OMP_NUM_THREADS=1, small random model set",
                 "run": "0.5 s real speech, 128 px, 1 step, no interpolation",
             }
             if not args.skip_bad_inputs:

@@ -19,7 +19,7 @@ from .audio_input import LoadedAudio
 from .face import make_face_detector
 from .guarded_run import OomRetry, run_with_oom_recovery
 from .image_prep import PreparedReference, prepare_reference
-from .long_audio import generate_segmented, segment_frames_for
+from .long_audio import generate_segmented
 from .memory.estimator import MemoryEstimator
 from .memory.history import RunHistory
 from .memory.model_specs import ModelConfigs
@@ -30,6 +30,7 @@ from .memory.report import RunReport
 from .models.checkpoints import SonicModelSet
 from .pipeline import GenerationResult, generate
 from .runtime import ModelPlacer, RunHooks
+from .segment_inputs import segment_frames_for
 from .settings import GenerationSettings
 
 logger = logging.getLogger(__name__)

@@ -7,10 +7,10 @@ only its own frames and writes them to a video-only mp4 in the job folder. Finis
 cancel, a crash or an OOM retry; the rerun skips them. At the end the segments are concatenated by copying
 packets and the full audio is muxed once (`stitch_videos`).
 
-The job folder is keyed by a fingerprint of everything that changes the frames: the prepared reference, the
-16 kHz audio, the model files, the settings, the output size/steps/dtype and the segment plan. Levers that
-do not change the result (CFG batching, chunking, offload, attention kernel) are left out, so an OOM retry
-that turns one on resumes from the segments already finished.
+The job folder is keyed by a fingerprint of everything that changes the frames (`segment_inputs`): the
+prepared reference, the 16 kHz audio, the model files, the settings, the output size/steps/dtype and the
+segment plan. Levers that do not change the result (CFG batching, chunking, offload, attention kernel) are
+left out, so an OOM retry that turns one on resumes from the segments already finished.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ import numpy as np
 import torch
 
 from .audio_input import LoadedAudio
-from .errors import BadInputError
-from .features import BUCKET_WINDOW, TOKEN_WINDOW, WHISPER_FRAMES_PER_GENERATED_FRAME, AudioFeatures
 from .image_prep import PreparedReference
 from .interpolate import pad_to_frame_count
 from .lipsync import measure_av_offset
@@ -53,63 +51,26 @@ from .pipeline import (
     windows_per_step,
 )
 from .runtime import ModelPlacer, RunHooks, StageSwitcher
+from .segment_inputs import (
+    DEFAULT_CONTEXT_FRAMES,
+    DEFAULT_SEGMENT_SECONDS,
+    features_for_frames,
+    segment_fingerprint,
+    segment_seed,
+)
 from .segments import (
     MANIFEST_NAME,
     MIDPOINT_MODES,
     Segment,
     SegmentJob,
     SegmentOutput,
-    job_fingerprint,
     plan_segments,
     stitch_videos,
-    tensor_sha256,
 )
 from .settings import GenerationSettings
 from .video_writer import StreamingVideoWriter, VideoFileInfo
 
 logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1  # bump when the frames of a segment would change for the same inputs
-DEFAULT_SEGMENT_SECONDS = 20.0
-AUTO_SEGMENT_ABOVE_S = 30.0
-MIN_SEGMENT_SECONDS = 2.0
-DEFAULT_CONTEXT_FRAMES = 6
-SEGMENT_SEED_STRIDE = 1_000_003  # distinct, reproducible noise per segment
-# plan fields that change the frames; the rest are quality-neutral levers (see the module docstring)
-FRAME_PLAN_FIELDS = ("width", "height", "inference_steps", "dtype", "interpolate", "dynamic_scale")
-SETTINGS_APPLIED_AFTER = ("duration", "lip_sync_correction")  # not part of a segment's frames
-
-
-def segment_frames_for(audio_seconds: float, segment_seconds: float = 0.0) -> int | None:
-    """Generated frames per segment, or None for one clip. 0 = automatic: segments only above 30 s."""
-    if segment_seconds < 0 or (0 < segment_seconds < MIN_SEGMENT_SECONDS):
-        raise BadInputError(
-            problem=f"segment_seconds is {segment_seconds}",
-            expected=f"0 (automatic) or at least {MIN_SEGMENT_SECONDS:g} s per segment",
-            fix=f"set segment_seconds to 0 or to {MIN_SEGMENT_SECONDS:g} or more (20 is a good choice)",
-        )
-    if segment_seconds == 0:
-        if audio_seconds <= AUTO_SEGMENT_ABOVE_S:
-            return None
-        segment_seconds = DEFAULT_SEGMENT_SECONDS
-    if audio_seconds <= segment_seconds:
-        return None
-    return round(segment_seconds * GENERATED_FPS)
-
-
-def features_for_frames(features: AudioFeatures, start: int, stop: int) -> AudioFeatures:
-    """The features of generated frames [start, stop) as a clip of their own (windows keep their real audio)."""
-    rows = WHISPER_FRAMES_PER_GENERATED_FRAME
-    return AudioFeatures(
-        multi_layer=features.multi_layer[rows * start : rows * stop + TOKEN_WINDOW],
-        last_layer=features.last_layer[rows * start : rows * stop + BUCKET_WINDOW],
-        num_frames_25fps=2 * (stop - start),
-    )
-
-
-def segment_seed(seed: int, index: int) -> int:
-    return (seed + index * SEGMENT_SEED_STRIDE) % 2**64
-
 
 @dataclass
 class _SegmentRun:
@@ -258,43 +219,6 @@ def generate_segmented(
         _remove_segment_files(Path(job_dir))
     return GenerationResult(video=video, fps=output.fps, frames=frames, notes=notes,
                             stage_seconds=stage_seconds(hooks), av_offset_s=offset)
-
-
-def segment_fingerprint(
-    models: SonicModelSet, reference: PreparedReference, audio: LoadedAudio, settings: GenerationSettings,
-    plan: ExecutionPlan, output: OutputFormat, segment_frames: int, context_frames: int,
-) -> str:
-    """Hash of everything that changes a segment's frames (see the module docstring)."""
-    inputs = {
-        "reference": tensor_sha256(reference.reference),
-        "face_mask": tensor_sha256(reference.face_mask),
-        "clip_pixels": tensor_sha256(reference.clip_pixels),
-        "audio_16k": tensor_sha256(torch.from_numpy(np.ascontiguousarray(audio.waveform))),
-        "models": _model_identity(models),
-    }
-    frame_settings = {k: v for k, v in settings.to_dict().items() if k not in SETTINGS_APPLIED_AFTER}
-    plan_fields = plan.to_dict()
-    return job_fingerprint(inputs, {
-        "format_version": FORMAT_VERSION,
-        "settings": frame_settings,
-        "plan": {name: plan_fields[name] for name in FRAME_PLAN_FIELDS},
-        "output": {"mode": output.mode, "target_frames": output.target_frames, "fps": str(output.fps)},
-        "segment_frames": segment_frames,
-        "context_frames": context_frames,
-    })
-
-
-def _model_identity(models: SonicModelSet) -> str:
-    """The model files by path, size and modification time (hashing gigabytes of weights would take minutes)."""
-    parts = [str(next(models.unet.parameters()).dtype)]
-    paths = models.paths
-    for path in (paths.unet, paths.audio2token, paths.audio2bucket, paths.rife, paths.svd, paths.whisper):
-        if path is None:
-            parts.append("-")
-            continue
-        stat = path.stat() if path.exists() else None
-        parts.append(f"{path.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}")
-    return "|".join(parts)
 
 
 def _remove_segment_files(job_dir: Path) -> None:

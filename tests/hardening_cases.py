@@ -168,6 +168,17 @@ def _escape_link(base: Path) -> dict:
     return quick_prompt(audio="hard_escape.wav")
 
 
+def _model_link_outside(base: Path) -> dict:
+    # A complete model folder outside models/sonic, reached through a symlink inside it.
+    outside = base / "outside" / "models-elsewhere"
+    if not outside.exists():
+        shutil.copytree(base / "models" / "sonic" / "tiny-sonic", outside)
+    link = base / "models" / "sonic" / "hard-link-out"
+    if not link.is_symlink():
+        link.symlink_to(outside, target_is_directory=True)
+    return quick_prompt(model="hard-link-out")
+
+
 def _image(name: str, make: Callable[[], object], **save: object) -> Callable[[Path], dict]:
     def build(base: Path) -> dict:
         return quick_prompt(image=save_image(make(), _input(base, name), **save))
@@ -280,6 +291,7 @@ CASES: tuple[Case, ...] = (
     Case("checkpoint_code_pickle", "checkpoint",
          lambda b: _model_copy(b, "hard-code-pickle", lambda r: _malicious(r / "Sonic" / "audio2token.pth"))),
     Case("model_folder_escape", "checkpoint", lambda b: quick_prompt(model="../../")),
+    Case("model_folder_symlink_escape", "checkpoint", _model_link_outside),
     # paths
     Case("path_dotdot", "path", lambda b: quick_prompt(audio="../../../etc/passwd")),
     Case("path_absolute_outside", "path", lambda b: quick_prompt(audio="/etc/hostname")),

@@ -7,8 +7,8 @@ import torch
 
 from sonic_guard.errors import BadInputError
 from sonic_guard.features import AudioFeatures
-from sonic_guard.long_audio import features_for_frames, segment_frames_for
 from sonic_guard.sampler import sample_latents
+from sonic_guard.segment_inputs import features_for_frames, segment_frames_for
 
 H = W = 4
 
