@@ -26,20 +26,37 @@ for extra in (REPO, REPO / "tests", REPO / "scripts"):
     sys.path.insert(0, str(extra))
 
 from comfy_host import ComfyServer  # noqa: E402
-from hardening_cases import (  # noqa: E402
-    CASES,
+from hardening_cases import CASES, portrait, quick_prompt, save_image, speak  # noqa: E402
+from hardening_server import (  # noqa: E402
     evaluate,
     execution_error_of,
-    portrait,
-    quick_prompt,
+    follow_prompt,
+    interrupt_after_first_segment,
+    request_burst,
     run_prompt,
-    save_image,
     server_resources,
-    speak,
+    wait_finished,
 )
 
 logger = logging.getLogger("bench_reliability")
 NODE_IDS = ("SonicGuardModelLoader", "SonicGuardLoadAudio", "SonicGuardGenerate")
+# Until the pack wires nodes/diagnostics.py itself, the bench's own server gets it from a one-file custom node,
+# so live tensors are counted in the server process.
+PROBE = """
+import importlib.util
+from pathlib import Path
+
+import folder_paths
+from server import PromptServer
+
+if not any(getattr(r, "path", None) == "/sonic/debug/resources" for r in PromptServer.instance.routes):
+    spec = importlib.util.spec_from_file_location("sonic_guard_bench_diagnostics", {path!r})
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.register_diagnostics(PromptServer.instance.routes,
+                                lambda: [Path(folder_paths.get_output_directory())])
+NODE_CLASS_MAPPINGS = {{}}
+"""
 
 
 def start_server(base: Path) -> ComfyServer:
@@ -49,6 +66,9 @@ def start_server(base: Path) -> ComfyServer:
     (base / "input").mkdir(parents=True, exist_ok=True)
     speak(base / "input" / "speech.wav")
     save_image(portrait(), base / "input" / "portrait.png")
+    probe = base / "custom_nodes" / "sonic_guard_bench_probe"
+    probe.mkdir(parents=True, exist_ok=True)
+    (probe / "__init__.py").write_text(PROBE.format(path=str(REPO / "nodes" / "diagnostics.py")))
     # One OpenMP thread: on a shared CPU, small kernels spin-wait on each other with more.
     return ComfyServer.start(base, extra_args=["--cache-none"], required_nodes=NODE_IDS,
                              env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
@@ -126,11 +146,47 @@ def soak(server: ComfyServer, runs: int, budget_s: float) -> dict:
     }
 
 
+def cancel_and_load(server: ComfyServer, burst: int = 120, workers: int = 6) -> dict:
+    cancel = interrupt_after_first_segment(server)
+    next_run_s = valid_run(server, seed=21)
+    answers: list[tuple[int, float]] = []
+
+    def fire(events: list, prompt_id: str) -> None:
+        if not answers:
+            answers.extend(request_burst(server, burst, workers))
+
+    started = time.monotonic()
+    prompt_id, _ = follow_prompt(server, quick_prompt(duration=2.0, inference_steps=2, seed=7), fire)
+    history = wait_finished(server, prompt_id, 120)
+    loaded_run_s = time.monotonic() - started
+    started = time.monotonic()
+    follow_prompt(server, quick_prompt(duration=2.0, inference_steps=2, seed=7), lambda events, pid: None)
+    quiet_run_s = time.monotonic() - started
+    seconds = sorted(t for _, t in answers)
+    return {
+        "cancel_latency_s": round(cancel["latency_s"], 2) if cancel["latency_s"] is not None else None,
+        "cancel_window_s": round(cancel["window_s"], 2) if cancel["window_s"] is not None else None,
+        "cancel_last_event": cancel["last_event"],
+        "cancel_segments_kept": cancel["segments_kept"],
+        "cancel_partial_files_left": cancel["partial_left"],
+        "cancel_next_run_s": round(next_run_s, 2),
+        "load_requests": len(answers),
+        "load_answered": sum(status in (200, 503) for status, _ in answers),
+        "load_statuses": sorted({status for status, _ in answers}),
+        "load_p50_s": round(seconds[len(seconds) // 2], 3) if seconds else None,
+        "load_max_s": round(seconds[-1], 3) if seconds else None,
+        "load_run_succeeded": execution_error_of(history) is None,
+        "load_run_s": round(loaded_run_s, 2),
+        "same_run_without_load_s": round(quiet_run_s, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--soak-runs", type=int, default=200)
     parser.add_argument("--soak-budget-s", type=float, default=1200.0)
     parser.add_argument("--skip-bad-inputs", action="store_true")
+    parser.add_argument("--skip-cancel-load", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "reliability.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -145,6 +201,8 @@ def main() -> None:
             }
             if not args.skip_bad_inputs:
                 result.update(bad_inputs(server))
+            if not args.skip_cancel_load:
+                result.update(cancel_and_load(server))
             result.update(soak(server, args.soak_runs, args.soak_budget_s))
             result["measurement"] = server_resources(server).get("source")
         finally:

@@ -166,3 +166,55 @@ def wav_holds_float_samples(path: Path) -> bool:
             return tag == _WAVE_FORMAT_IEEE_FLOAT
         position = body + size + (size & 1)
     return False
+
+
+_SCAN_SAMPLES = 1 << 20  # non-finite values are counted in slices of this many samples, from a memory map
+
+
+def check_float_wav_finite(path: Path) -> None:
+    """Refuse NaN or infinite samples in a float wav: ffmpeg turns them into silence or full-scale clicks when
+    it converts to integers, so they must be found in the file itself, before decoding."""
+    layout = _float_wav_layout(path)
+    if layout is None:
+        return
+    offset, count, dtype = layout
+    if count == 0:
+        return
+    samples = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))
+    try:
+        bad = sum(int(np.count_nonzero(~np.isfinite(samples[start : start + _SCAN_SAMPLES])))
+                  for start in range(0, count, _SCAN_SAMPLES))
+    finally:
+        del samples  # closes the map
+    if bad:
+        raise BadAudioError(
+            problem=f"The audio file {path.name} contains {bad} NaN or infinite sample values out of {count}",
+            expected="finite sample values between -1 and 1",
+            fix="the audio was corrupted by the program that exported it; re-export it (e.g. as 16-bit wav)",
+        )
+
+
+def _float_wav_layout(path: Path) -> tuple[int, int, str] | None:
+    """(data offset, sample count, numpy dtype) of a 32/64-bit float wav, or None when it is not one."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(_HEADER_BYTES)
+        file_size = path.stat().st_size
+    except OSError:
+        return None
+    bits = None
+    position = 12
+    while position + 8 <= len(header):
+        chunk_id = header[position : position + 4]
+        size = struct.unpack_from("<I", header, position + 4)[0]
+        body = position + 8
+        if chunk_id == b"fmt " and body + 16 <= len(header):
+            bits = struct.unpack_from("<H", header, body + 14)[0]
+        elif chunk_id == b"data" and bits in (32, 64):
+            width = bits // 8
+            # Streamed wavs write 0 or 0xFFFFFFFF as the data size: the data then runs to the end of the file.
+            available = file_size - body
+            length = available if size in (0, 0xFFFFFFFF) else min(size, available)
+            return body, max(0, length) // width, "<f4" if bits == 32 else "<f8"
+        position = body + size + (size & 1)
+    return None

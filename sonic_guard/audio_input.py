@@ -24,6 +24,7 @@ from .audio_checks import (
     TARGET_SAMPLE_RATE,
     check_decoded,
     check_file_before_decoding,
+    check_float_wav_finite,
     check_playable,
     decode_failure,
     wav_holds_float_samples,
@@ -65,8 +66,11 @@ def load_audio_file(path: Path, *, max_duration_s: float | None = DEFAULT_MAX_DU
 
     path = Path(path)
     check_file_before_decoding(path, max_duration_s)
+    float_wav = wav_holds_float_samples(path)
+    if float_wav:
+        check_float_wav_finite(path)  # ffmpeg would turn NaN/Inf into silence or clicks without a word
     try:
-        if wav_holds_float_samples(path):
+        if float_wav:
             # pydub's own wav reader takes float samples in an extensible header for integers (noise);
             # an unnamed file object makes it hand the file to ffmpeg, which converts them properly.
             with path.open("rb") as handle:

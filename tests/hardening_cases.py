@@ -1,9 +1,7 @@
-"""Bad inputs for the hardening tests and the reliability bench, each run through a real ComfyUI server.
+"""Bad inputs for the hardening tests and the reliability bench, each meant for a real ComfyUI server.
 
-A case writes its files into the server's base folder and returns an API prompt. `evaluate` queues it and says
-whether it was handled: refused at queue time with a clear message, or failed in execution with one of our
-exception types whose message says what was wrong, what was expected and how to fix it; "accepted" cases (an
-RGBA photo, 6-channel audio...) are handled when they run to a video.
+A case writes its files into the server's base folder and returns an API prompt; hardening_server.evaluate runs
+it and judges the answer. "accepted" cases (an RGBA photo, 6-channel audio...) are usable inputs that must run.
 """
 
 from __future__ import annotations
@@ -13,17 +11,14 @@ import os
 import pickle
 import shutil
 import subprocess
-import time
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from comfy_host import REPO, ComfyServer
+from comfy_host import REPO
 
-OUR_ERRORS = ("SonicGuardError", "BadInputError", "BadAudioError", "BadImageError", "NoFaceError",
-              "UnsafePathError", "CheckpointError", "MemoryPlanError", "OutOfMemoryAfterRetriesError")
 SPEECH_TEXT = "Hello there. This is Sonic Guard speaking a short sentence for the test."
 QUICK = {"min_resolution": 128, "inference_steps": 1, "interpolation": "none", "duration": 0.5,
          "lip_sync_correction": False, "smooth_motion": 0.0, "filename_prefix": "hardening/run"}
@@ -301,111 +296,3 @@ CASES: tuple[Case, ...] = (
          _audio(lambda b: sox(_speech(b), _input(b, "hard_" + "ü" * 100 + ".wav"), "rate", "16000")),
          accepted=True),
 )
-
-
-# --- running and judging -------------------------------------------------------------------------------------
-@dataclass
-class Outcome:
-    case: str
-    category: str
-    stage: str  # "queue" (refused by validation) | "execution" (failed while running) | "success"
-    handled: bool
-    message: str
-    exception_type: str = ""
-    seconds: float = 0.0
-    server_alive: bool = True
-
-
-def queue_message(answer: dict) -> str:
-    parts = [answer.get("error", {}).get("message", ""), answer.get("error", {}).get("details", "")]
-    for node in answer.get("node_errors", {}).values():
-        parts += [f"{e.get('message', '')}: {e.get('details', '')}" for e in node.get("errors", [])]
-    return " | ".join(p for p in parts if p)
-
-
-def is_actionable(message: str) -> bool:
-    return "Expected:" in message and "Fix:" in message
-
-
-def wait_finished(server: ComfyServer, prompt_id: str, timeout_s: float) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        entry = server.get_json(f"/history/{prompt_id}").get(prompt_id)
-        if entry and entry.get("status", {}).get("completed") is not None:
-            return entry
-        time.sleep(0.1)
-    raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout_s} s")
-
-
-def execution_error_of(history: dict) -> dict | None:
-    for kind, data in history.get("status", {}).get("messages", []):
-        if kind == "execution_error":
-            return data
-    return None
-
-
-def server_alive(server: ComfyServer) -> bool:
-    return server.process.poll() is None and "system" in server.get_json("/system_stats", timeout=10)
-
-
-def run_prompt(server: ComfyServer, prompt: dict, timeout_s: float = 300.0) -> tuple[int, dict, dict | None]:
-    """(queue status, queue answer, history or None when refused)."""
-    status, answer = server.post_json("/prompt", {"prompt": prompt, "client_id": server.client_id})
-    if status != 200 or answer.get("node_errors"):
-        return status, answer, None
-    return status, answer, wait_finished(server, answer["prompt_id"], timeout_s)
-
-
-def evaluate(server: ComfyServer, case: Case, timeout_s: float = 300.0) -> Outcome:
-    prompt = case.build(server.base)
-    started = time.monotonic()
-    status, answer, history = run_prompt(server, prompt, timeout_s)
-    seconds = time.monotonic() - started
-    alive = server_alive(server)
-    if history is None:
-        message = queue_message(answer)
-        # ComfyUI's range checks name the input and the limit; our own validators add Expected/Fix.
-        clear = bool(message) and (is_actionable(message) or "max" in message or "min" in message
-                                   or "not in list" in message)
-        return Outcome(case.name, case.category, "queue", clear and not case.accepted and alive, message,
-                       seconds=seconds, server_alive=alive)
-    error = execution_error_of(history)
-    if error is None:
-        ok = history["status"].get("status_str") == "success"
-        return Outcome(case.name, case.category, "success", case.accepted and ok and alive, "",
-                       seconds=seconds, server_alive=alive)
-    kind = str(error.get("exception_type", ""))
-    message = str(error.get("exception_message", ""))
-    ours = kind.rsplit(".", 1)[-1] in OUR_ERRORS
-    return Outcome(case.name, case.category, "execution", ours and is_actionable(message) and alive, message,
-                   exception_type=kind.rsplit(".", 1)[-1], seconds=seconds, server_alive=alive)
-
-
-# --- resources of the server process -------------------------------------------------------------------------
-_TEMPORARY_MARKERS = (".tmp", ".partial.")
-
-
-def _proc_resources(server: ComfyServer) -> dict:
-    """The same figures read from outside through /proc, when the diagnostics route is not wired."""
-    proc = Path("/proc") / str(server.process.pid)
-    rss_kb = next(int(line.split()[1]) for line in (proc / "status").read_text().splitlines()
-                  if line.startswith("VmRSS:"))
-    temp = sum(any(m in name for m in _TEMPORARY_MARKERS)
-               for _, _, files in os.walk(server.base / "output") for name in files)
-    return {"rss_bytes": rss_kb * 1024, "os_threads": len(os.listdir(proc / "task")),
-            "open_files": len(os.listdir(proc / "fd")), "temp_files": temp, "live_tensors": None,
-            "threads": None, "gpu": None, "source": "proc"}
-
-
-def server_resources(server: ComfyServer) -> dict:
-    """GET /sonic/debug/resources?trim=1 (live tensors included), else /proc figures without tensor counts."""
-    import urllib.error
-
-    try:
-        snapshot = server.get_json("/sonic/debug/resources?trim=1", timeout=60)
-    except urllib.error.HTTPError as error:
-        if error.code != 404:
-            raise
-        return _proc_resources(server)
-    snapshot["source"] = "route"
-    return snapshot

@@ -7,15 +7,8 @@ import time
 
 import pytest
 from comfy_host import ComfyServer
-from hardening_cases import (
-    CASES,
-    Case,
-    evaluate,
-    execution_error_of,
-    quick_prompt,
-    run_prompt,
-    server_resources,
-)
+from hardening_cases import CASES, Case, quick_prompt
+from hardening_server import evaluate, execution_error_of, run_prompt, server_resources
 
 # Files that ComfyUI's LoadImage opens itself: its PIL error reaches the user, not one of ours.
 COMFY_OWNED = ("image_zero_bytes", "image_corrupt")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 
 from comfy_host import ComfyServer
-from hardening_cases import execution_error_of, quick_prompt, run_prompt, server_resources
+from hardening_cases import quick_prompt
+from hardening_server import execution_error_of, run_prompt, server_resources
 
 SOAK_RUNS = int(os.environ.get("SONIC_SOAK_RUNS", "20"))
 WARM_UP_RUNS = 3

@@ -60,8 +60,10 @@ def test_agent_config_scrapes_loopback_and_writes_to_mimir_with_tenant() -> None
     assert labels["worker"] and set(labels) <= {"worker", "pool", "region"}
     # Agent mode refuses rule evaluation and alerting; the example must not carry them.
     assert not {"rule_files", "alerting"} & set(config)
-    (keep,) = remote["write_relabel_configs"]
+    keep, drop = remote["write_relabel_configs"]
+    assert keep["action"] == "keep" and drop["action"] == "drop"
     assert re.fullmatch(keep["regex"], "sonic_runs_total") and not re.fullmatch(keep["regex"], "go_gc_duration")
+    assert re.fullmatch(drop["regex"], "sonic_runs_created") and not re.fullmatch(drop["regex"], "sonic_runs_total")
 
 
 class _HealthHandler(http.server.BaseHTTPRequestHandler):

@@ -149,4 +149,3 @@ def test_profiled_generation_then_pyroscope_down(profiling_server: ComfyServer) 
     assert 'sonic_runs_total{outcome="success"} 2.0' in metrics
     assert len(receiver.log.requests) == requests_before
     assert "Traceback" not in profiling_server.log_text(), profiling_server.log_tail(60)
-    assert time.monotonic() - started < 300

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -180,6 +181,18 @@ def test_prometheus_scrape_answers_promql_after_a_run(comfy_server: ComfyServer,
     assert prom.query('sonic_runs_total{outcome="failure"}')  # pre-initialised at zero, so rate() works
     assert _value(prom.query("sum(sonic_failures_total)")) == _value(prom.query(
         'sum(sonic_runs_total{outcome=~"failure|cancelled"})'))
+    # The queries docs/fleet.md suggests parse and run against what the pack exposes.
+    for query in documented_queries():
+        prom.query(query)
+    assert _value(prom.query('sum(increase(sonic_runs_total{outcome="success"}[5m]))')) > 0
+
+
+def documented_queries() -> list[str]:
+    doc = (REPO / "docs" / "fleet.md").read_text()
+    blocks = re.findall(r"```promql\n(.*?)```", doc, flags=re.S)
+    queries = [re.split(r"\s+#\s", line)[0].strip() for block in blocks for line in block.splitlines() if line.strip()]
+    assert len(queries) >= 5, queries
+    return queries
 
 
 def test_fleet_agent_config_forwards_to_a_remote_write_receiver(
@@ -206,6 +219,7 @@ def test_fleet_agent_config_forwards_to_a_remote_write_receiver(
     # write_relabel_configs keeps sonic_* and up only: the agent's scrape bookkeeping stays local.
     assert receiver.query("scrape_duration_seconds") == []
     assert receiver.query('{__name__=~".+", __name__!~"sonic_.*|up"}') == []
+    assert receiver.query('{__name__=~"sonic_.*_created"}') == []
     assert agent.process.poll() is None, agent.log()
 
 
@@ -233,6 +247,7 @@ def test_fleet_agent_tenant_header(comfy_server: ComfyServer, prometheus_factory
     capture = _CaptureServer(("127.0.0.1", 0), _PushCapture)
     capture.pushes = []
     threading.Thread(target=capture.serve_forever, daemon=True).start()
+    agent = None
     try:
         config = yaml.safe_load(AGENT_CONFIG.read_text())
         config["global"].update({"scrape_interval": "1s", "scrape_timeout": "1s"})
@@ -246,6 +261,8 @@ def test_fleet_agent_tenant_header(comfy_server: ComfyServer, prometheus_factory
             time.sleep(0.3)
         assert capture.pushes, agent.log()
     finally:
+        if agent is not None:  # before the capture goes: an agent with nowhere to push waits to flush
+            agent.stop()
         capture.shutdown()
         capture.server_close()
     path, headers = capture.pushes[0]
