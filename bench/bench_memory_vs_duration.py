@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import resource
 import shlex
@@ -133,7 +134,8 @@ def main() -> int:
 
     from sonic_guard.models.tiny import write_tiny_model_set
 
-    command = " ".join(shlex.quote(part) for part in [Path(sys.executable).name, *sys.argv])
+    python = os.path.relpath(sys.executable, Path.cwd()) if ".venv" in sys.executable else sys.executable
+    command = " ".join(shlex.quote(part) for part in [python, *sys.argv])
     with tempfile.TemporaryDirectory(prefix="sonic_mem_bench_") as work:
         models = Path(work) / "tiny-sonic"
         write_tiny_model_set(models, seed=0)
@@ -154,6 +156,8 @@ def main() -> int:
     }
     if short["peak_vram_bytes"] and long["peak_vram_bytes"]:
         summary[f"vram_ratio_{label}"] = round(long["peak_vram_bytes"] / short["peak_vram_bytes"], 4)
+    else:
+        summary["vram_note"] = "not measured: no CUDA device where this ran"
     report = {
         **summary,
         "target": {"host_ram_ratio_max": 1.2},

@@ -6,6 +6,7 @@ import dataclasses
 
 from comfy_api.latest import io
 
+from ..sonic_guard.errors import SonicGuardError
 from ..sonic_guard.telemetry.profiling_config import ProfilingConfig
 from ..sonic_guard.telemetry.tags import parse_tag_text
 from . import ids
@@ -32,8 +33,9 @@ class ProfilingTag(io.ComfyNode):
                     "server_address", default="",
                     tooltip="Pyroscope server, e.g. http://127.0.0.1:4040. Empty: SONIC_PYROSCOPE_SERVER, else off.",
                 ),
-                io.String.Input("application_name", default="sonic_guard",
-                                tooltip="Service name shown in Pyroscope (letters, digits, _ . : -)."),
+                io.String.Input("application_name", default="",
+                                tooltip="Service name shown in Pyroscope (letters, digits, _ . : -). Empty: "
+                                "SONIC_PYROSCOPE_APPLICATION_NAME, else sonic_guard."),
                 io.String.Input(
                     "tags", default="", multiline=True,
                     tooltip="key=value pairs, comma or newline separated. No paths or free text: values are "
@@ -50,11 +52,11 @@ class ProfilingTag(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, tags: str = "", application_name: str = "sonic_guard", **_) -> bool | str:
+    def validate_inputs(cls, tags: str = "", application_name: str = "", **_) -> bool | str:
         try:
             parse_tag_text(tags)
             ProfilingConfig(application_name=application_name or "sonic_guard")
-        except Exception as error:  # noqa: BLE001 - shown to the user as the validation message
+        except SonicGuardError as error:  # shown to the user as the validation message
             return str(error)
         return True
 

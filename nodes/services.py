@@ -5,6 +5,8 @@ They hang off ComfyUI's PromptServer instance rather than a module global, so th
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +18,7 @@ from ..sonic_guard.telemetry.hub import Telemetry
 from .comfy_bridge import compute_device, user_directory
 
 _ATTRIBUTE = "sonic_guard_services"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,14 +35,31 @@ def install_services() -> tuple[PackServices, bool]:
         return existing, False
     # A worker started with --cpu is healthy without a GPU; one that should have a GPU is not.
     require_gpu = compute_device().type == "cuda"
+    thresholds = HealthThresholds(
+        require_gpu=require_gpu,
+        min_free_gpu_bytes=_env_int("SONIC_HEALTH_MIN_FREE_GPU_MB", 1 << 20),
+        max_queue_length=_env_int("SONIC_HEALTH_MAX_QUEUE", 1),
+    )
     history_path = user_directory() / "sonic_guard" / "history.sqlite"
     history_path.parent.mkdir(parents=True, exist_ok=True)
     services = PackServices(
-        telemetry=Telemetry(thresholds=HealthThresholds(require_gpu=require_gpu)),
+        telemetry=Telemetry(thresholds=thresholds),
         history=RunHistory(history_path),
     )
     setattr(PromptServer.instance, _ATTRIBUTE, services)
     return services, True
+
+
+def _env_int(name: str, unit: int) -> int | None:
+    """An optional health threshold from the environment (a load balancer's policy, not the pack's)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(float(value) * unit)
+    except ValueError:
+        logger.warning("%s=%r is not a number; the threshold is off", name, value)
+        return None
 
 
 def services() -> PackServices:

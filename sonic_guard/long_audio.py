@@ -72,6 +72,7 @@ from .video_writer import StreamingVideoWriter, VideoFileInfo
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class _SegmentRun:
     """What every segment's render reads."""
