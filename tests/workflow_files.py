@@ -29,7 +29,7 @@ def fast_inputs(class_type: str, inputs: dict) -> dict:
     if class_type == "SonicGuardGenerate":
         changes.update(FAST_GENERATOR)
         if inputs.get("segment_seconds"):
-            changes["segment_seconds"] = 0.5  # still two segments, to run the segment path
+            changes.update(segment_seconds=2.0, duration=3.0)  # two segments: the segment path really runs
     return changes
 
 
