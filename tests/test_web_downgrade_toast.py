@@ -1,0 +1,92 @@
+"""A real downgraded run shows the downgrade toast in the editor.
+
+This machine has ~20 GB of free host RAM, so the run is made not to fit by promising the memory guard less:
+a dedicated server started with SONIC_GUARD_FREE_MEMORY_BYTES (the pack's cap for shared GPUs). At 740 MiB the
+small model at 128 px, 1 s of speech, fits only with memory levers (smaller decode chunks, idle models offloaded),
+so the planner changes the run and the server sends `sonic_guard.downgraded`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from comfy_host import ComfyServer, execution_error
+from conftest import ALL_NODE_IDS
+from web_browser import dumps, editor_page, load_graph, screenshot, wait_for
+from workflow_files import fast_inputs, ui_workflow
+
+CAP = "740MiB"
+CAP_BYTES = 740 * 2**20
+TOAST_TEXT = "() => [...document.querySelectorAll('.p-toast-message')].map(e => e.textContent).join('\\n')"
+
+
+@pytest.fixture(scope="module")
+def capped_server(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path, speech_wav: Path,
+                  portrait_png: Path):
+    base = tmp_path_factory.mktemp("comfy_capped")
+    (base / "models" / "sonic").mkdir(parents=True)
+    shutil.copytree(tiny_models, base / "models" / "sonic" / "tiny-sonic")
+    (base / "input").mkdir(exist_ok=True)
+    shutil.copy(speech_wav, base / "input" / "speech.wav")
+    shutil.copy(portrait_png, base / "input" / "portrait.png")
+    server = ComfyServer.start(base, extra_args=["--cache-none"], required_nodes=ALL_NODE_IDS,
+                               env={"SONIC_GUARD_FREE_MEMORY_BYTES": CAP})
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_the_free_memory_cap_reaches_the_planner(capped_server: ComfyServer) -> None:
+    status, answer = capped_server.post_json("/sonic/plan", {"min_resolution": 128, "model_folder": "tiny-sonic"})
+    assert status == 200, answer
+    free = answer.get("plan", {}).get("free_bytes")
+    if free is None:  # refused: the message names the free memory
+        assert "0.72 GiB free" in answer.get("error", ""), dumps(answer)
+    else:
+        assert free <= CAP_BYTES, (
+            "SONIC_GUARD_FREE_MEMORY_BYTES is not honoured: wire nodes/free_memory_override.capped_free_memory "
+            f"into comfy_bridge.free_memory_bytes. /sonic/plan says free_bytes={free}"
+        )
+
+
+def test_a_downgraded_run_shows_the_downgrade_toast(capped_server: ComfyServer) -> None:
+    graph = ui_workflow("sonic_basic")
+    with editor_page(capped_server.url) as page:
+        load_graph(page, graph)
+        changes = {str(node["id"]): fast_inputs(node["type"], {}) for node in graph["nodes"]}
+        page.evaluate(
+            """(changes) => { for (const [id, values] of Object.entries(changes)) {
+                 const node = app.graph.getNodeById(Number(id));
+                 for (const [name, value] of Object.entries(values)) {
+                   const w = node.widgets.find(w => w.name === name); w.value = value;
+                   w.callback?.(value, app.canvas, node); } } }""",
+            changes,
+        )
+        page.evaluate("() => { window.sonicGuardSeen = []; for (const type of ['sonic_guard.downgraded', "
+                      "'sonic_guard.refused']) app.api?.addEventListener?.(type, (e) => "
+                      "window.sonicGuardSeen.push({type, detail: e.detail})); }")
+        before = set(capped_server.get_json("/history"))
+        queued = page.evaluate("async () => { await app.queuePrompt(0); return app.lastNodeErrors ?? null; }")
+        assert not queued, dumps(queued)
+        toast = wait_for(lambda: "downgraded" in page.evaluate(TOAST_TEXT) and page.evaluate(TOAST_TEXT),
+                         timeout_s=420, interval_s=1.0, what="the downgrade toast")
+        screenshot(page, "web_downgrade_toast.png")
+
+    assert "Sonic Guard downgraded the run" in toast
+    assert "levers:" in toast or "downgrades:" in toast, toast  # the toast says what was changed
+
+    def finished() -> dict | None:
+        new = {k: v for k, v in capped_server.get_json("/history").items() if k not in before}
+        entry = next(iter(new.values()), None)
+        return entry if entry and entry.get("status", {}).get("completed") is not None else None
+
+    entry = wait_for(finished, timeout_s=300, interval_s=1.0, what="the downgraded run to finish")
+    error = execution_error(entry)
+    assert error is None, error and error["exception_message"]
+    report = json.loads(next(text for output in entry["outputs"].values() for text in output.get("text", [])
+                             if text.startswith("{")))
+    assert report["levers_applied"] or report["downgrades"]  # the run really was changed to fit
