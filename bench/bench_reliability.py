@@ -83,6 +83,8 @@ def valid_run(server: ComfyServer, seed: int = 0) -> float:
 
 
 def bad_inputs(server: ComfyServer) -> dict:
+    for seed in range(2):  # warm: lazy imports, allocator pools and the estimator's caches fill on first runs
+        valid_run(server, seed)
     baseline = server_resources(server)
     outcomes = []
     for case in CASES:
@@ -112,7 +114,7 @@ def bad_inputs(server: ComfyServer) -> dict:
     }
 
 
-def soak(server: ComfyServer, runs: int, budget_s: float) -> dict:
+def soak(server: ComfyServer, runs: int, budget_s: float, clear_history: bool = False) -> dict:
     for seed in range(3):
         valid_run(server, seed)
     baseline = server_resources(server)
@@ -121,6 +123,8 @@ def soak(server: ComfyServer, runs: int, budget_s: float) -> dict:
     started = time.monotonic()
     while len(seconds) < runs and time.monotonic() - started < budget_s:
         seconds.append(valid_run(server, 1000 + len(seconds)))
+        if clear_history:  # ComfyUI keeps every prompt and its outputs (up to 10000) in /history
+            server.post_json("/history", {"clear": True})
         if len(seconds) % 10 == 0:
             samples.append({"run": len(seconds), **server_resources(server)})
             logger.info("soak %d runs, rss %.1f MiB", len(seconds), samples[-1]["rss_bytes"] / 2**20)
@@ -187,6 +191,8 @@ def main() -> None:
     parser.add_argument("--soak-budget-s", type=float, default=1200.0)
     parser.add_argument("--skip-bad-inputs", action="store_true")
     parser.add_argument("--skip-cancel-load", action="store_true")
+    parser.add_argument("--clear-history", action="store_true",
+                        help="clear ComfyUI's /history after every soak run (separates its growth from ours)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "reliability.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -203,7 +209,8 @@ def main() -> None:
                 result.update(bad_inputs(server))
             if not args.skip_cancel_load:
                 result.update(cancel_and_load(server))
-            result.update(soak(server, args.soak_runs, args.soak_budget_s))
+            result.update(soak(server, args.soak_runs, args.soak_budget_s, args.clear_history))
+            result["soak_history_cleared_each_run"] = args.clear_history
             result["measurement"] = server_resources(server).get("source")
         finally:
             server.stop()

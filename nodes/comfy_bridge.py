@@ -20,6 +20,7 @@ from torch import nn
 
 from ..sonic_guard.errors import BadInputError, CheckpointError
 from ..sonic_guard.models.weight_streaming import stream_weights
+from .free_memory_override import capped_free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +103,9 @@ def compute_device() -> torch.device:
 
 
 def free_memory_bytes(device: torch.device) -> int:
-    """ComfyUI's own figure: device-free plus torch's idle cache (what it would hand to a new model)."""
-    return int(model_management.get_free_memory(device))
+    """ComfyUI's own figure (device-free plus torch's idle cache), lowered to SONIC_GUARD_FREE_MEMORY_BYTES when
+    that is set (a GPU shared with other programs)."""
+    return capped_free_memory(int(model_management.get_free_memory(device)))
 
 
 def is_oom(error: BaseException) -> bool:

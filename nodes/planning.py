@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import logging
 from typing import Any
 
 import torch
 
-from ..sonic_guard.job import device_label, model_configs_of
+from ..sonic_guard.errors import SonicGuardError
+from ..sonic_guard.job import device_label, model_configs_from_folder, model_configs_of
 from ..sonic_guard.memory.estimator import MemoryEstimator
 from ..sonic_guard.memory.model_specs import ModelConfigs
 from ..sonic_guard.memory.plan import RunRequest
@@ -16,6 +16,8 @@ from ..sonic_guard.memory.planner import plan_run
 from ..sonic_guard.memory.presets import PRESETS
 from . import comfy_bridge as comfy
 from .services import services
+
+logger = logging.getLogger(__name__)
 
 PLAN_DEFAULTS: dict[str, Any] = {
     "min_resolution": 512, "inference_steps": 25, "memory_policy": "auto", "preset": "custom",
@@ -53,16 +55,12 @@ def estimator_for(handle) -> MemoryEstimator:
 
 
 def _configs_for_folder(name: str | None) -> ModelConfigs:
-    """Without loading weights: the UNet config of a model folder when it differs from SVD-xt's."""
+    """The loader's folder, read from its config files; the full-size model when there is none or it is unreadable."""
     if name:
         try:
-            config_file = comfy.resolve_model_root(name) / "stable-video-diffusion-img2vid-xt" / "unet" / "config.json"
-        except Exception:  # noqa: BLE001 - an unknown folder plans for the full-size model
-            config_file = None
-        if config_file is not None and config_file.exists():
-            unet = json.loads(Path(config_file).read_text())
-            if unet.get("block_out_channels") != [320, 640, 1280, 1280]:
-                return ModelConfigs.tiny()
+            return model_configs_from_folder(comfy.resolve_model_root(name))
+        except (SonicGuardError, OSError, ValueError) as error:
+            logger.info("planning for the full-size model: %s", error)
     return ModelConfigs.full_size()
 
 

@@ -6,6 +6,7 @@ telemetry in `telemetry`. Here they are put in order, and every decision is writ
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +28,8 @@ from .memory.plan import ExecutionPlan, RunRequest
 from .memory.planner import PlanDecision, plan_run
 from .memory.recovery import next_rung_after_oom
 from .memory.report import RunReport
-from .models.checkpoints import SonicModelSet
+from .models.checkpoint_paths import ModelPaths
+from .models.checkpoints import AUDIO_TOKENS, SonicModelSet, read_unet_config
 from .pipeline import GenerationResult, generate
 from .runtime import ModelPlacer, RunHooks
 from .segment_inputs import segment_frames_for
@@ -96,6 +98,25 @@ def model_configs_of(models: SonicModelSet) -> ModelConfigs:
         whisper=whisper.to_dict() if whisper is not None else base.whisper,
         fixed_weights={},
         audio_tokens=int(models.audio_token_projector.context_tokens),
+    )
+
+
+def model_configs_from_folder(root: Path) -> ModelConfigs:
+    """The same configurations read from a model folder's config files, without loading any weights (the
+    editor's badge plans for the folder the loader points at)."""
+    paths = ModelPaths.from_root(root)
+
+    def read(path: Path) -> dict[str, Any]:
+        return json.loads(path.read_text())
+
+    return replace(
+        ModelConfigs(),
+        unet=read_unet_config(paths),
+        vae=read(paths.svd / "vae" / "config.json"),
+        clip=read(paths.svd / "image_encoder" / "config.json"),
+        whisper=read(paths.whisper / "config.json"),
+        fixed_weights={},
+        audio_tokens=AUDIO_TOKENS,
     )
 
 

@@ -14,7 +14,9 @@ from web_browser import dumps, editor_page, screenshot
 
 PACK = "sonic-guard"
 JS_FILES = sorted(p.name for p in (REPO / "web" / "js").glob("*.js"))
-BADGE_SETTLED = "(id) => { const b = app.graph.getNodeById(id)?.sonicGuardBadge; return !!b && b.verdict !== 'pending'; }"
+BADGE_SETTLED = (
+    "(id) => { const b = app.graph.getNodeById(id)?.sonicGuardBadge; return !!b && b.verdict !== 'pending'; }"
+)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import time
 
 import pytest
 from comfy_host import ComfyServer
-from workflow_files import CASES, api_workflow, fast_inputs, ui_workflow
 from web_browser import dumps, editor_page, load_graph, missing_node_dialog, screenshot, wait_for
+from workflow_files import CASES, api_workflow, fast_inputs, ui_workflow
 
 
 @pytest.fixture(scope="module")
