@@ -11,6 +11,8 @@ from server import PromptServer
 
 from ..sonic_guard.errors import SonicGuardError
 from ..sonic_guard.telemetry.health import health_http_status
+from .comfy_bridge import output_directory
+from .diagnostics import register_diagnostics
 from .services import queue_length, services
 
 logger = logging.getLogger(__name__)
@@ -51,3 +53,4 @@ def register_routes() -> None:
     routes.get("/sonic/metrics")(metrics)
     routes.get("/sonic/health")(health)
     routes.post("/sonic/plan")(plan)
+    register_diagnostics(routes, lambda: [output_directory()])

@@ -104,6 +104,11 @@ def evaluate(server: ComfyServer, case: Case, timeout_s: float = 300.0) -> Outco
 _TEMPORARY_MARKERS = (".tmp", ".partial.")
 
 
+def _thread_count(proc: Path) -> int:
+    time.sleep(0.2)
+    return len(os.listdir(proc / "task"))
+
+
 def _proc_resources(server: ComfyServer) -> dict:
     """The same figures read from outside through /proc, when the diagnostics route is not wired."""
     proc = Path("/proc") / str(server.process.pid)
@@ -111,7 +116,10 @@ def _proc_resources(server: ComfyServer) -> dict:
                   if line.startswith("VmRSS:"))
     temp = sum(any(m in name for m in _TEMPORARY_MARKERS)
                for _, _, files in os.walk(server.base / "output") for name in files)
-    return {"rss_bytes": rss_kb * 1024, "os_threads": len(os.listdir(proc / "task")),
+    # Short-lived threads (a request being served, a subprocess reader) come and go: the least of a few reads
+    # is the number the process keeps.
+    threads = min(_thread_count(proc) for _ in range(5))
+    return {"rss_bytes": rss_kb * 1024, "os_threads": threads,
             "open_files": len(os.listdir(proc / "fd")), "temp_files": temp, "live_tensors": None,
             "threads": None, "gpu": None, "source": "proc"}
 
