@@ -27,7 +27,9 @@ class Block:
             raise ImportError('core imported ComfyUI module ' + name)
 sys.meta_path.insert(0, Block())
 import sonic_guard
-names = [m.name for m in pkgutil.walk_packages(sonic_guard.__path__, 'sonic_guard.')]
+# __main__ modules are command-line entry points: importing one runs it.
+names = [m.name for m in pkgutil.walk_packages(sonic_guard.__path__, 'sonic_guard.')
+         if not m.name.endswith('.__main__')]
 for name in names:
     importlib.import_module(name)
 leaked = sorted(m for m in sys.modules if m.split('.')[0] in FORBIDDEN)

@@ -71,7 +71,9 @@ def test_after_bad_inputs_the_server_runs_and_returns_to_baseline(comfy_server: 
     assert growth <= RSS_TOLERANCE, f"RSS grew {growth:.1%}: {baseline} -> {after}"
     # One lazily started pool thread is not a leak; a thread per refused input (40 of them) would be.
     assert after["os_threads"] <= baseline["os_threads"] + 2, (baseline, after)
-    assert after["open_files"] <= baseline["open_files"], (baseline, after)
+    # Likewise a lazily opened database or log (the shared server also serves other tests); a file per refused
+    # input would be 40.
+    assert after["open_files"] <= baseline["open_files"] + 2, (baseline, after)
     assert after["temp_files"] == 0, after
     if after["live_tensors"] is not None:
         # A few small tensors may join the estimator's per-shape cache (bounded by the shapes seen); a leak of
