@@ -84,12 +84,15 @@ class Generate(io.ComfyNode):
                                 tooltip="Where the mp4 goes, inside ComfyUI's output folder."),
             ],
             outputs=[
-                io.Video.Output("video", tooltip="The mp4 with audio (ComfyUI VIDEO)."),
-                io.Image.Output("frames", tooltip="All frames (only with output_frames; else one frame)."),
+                io.Video.Output("video", display_name="video", tooltip="The mp4 with audio (ComfyUI VIDEO)."),
+                io.Image.Output("frames", display_name="frames",
+                                tooltip="All frames (only with output_frames; else one frame)."),
                 io.Audio.Output("audio_used", display_name="audio",
                                 tooltip="The audio as used (trimmed or padded to the duration)."),
-                io.Float.Output("fps", tooltip="Frame rate of the video (25 with interpolation, else 12.5)."),
-                io.String.Output("report", tooltip="JSON: plan, predicted and measured peak, levers, downgrades, "
+                io.Float.Output("fps", display_name="fps",
+                                tooltip="Frame rate of the video (25 with interpolation, else 12.5)."),
+                io.String.Output("report", display_name="report",
+                                 tooltip="JSON: plan, predicted and measured peak, levers, downgrades, "
                                  "retries, stage times."),
             ],
             is_output_node=True,

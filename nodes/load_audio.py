@@ -39,8 +39,9 @@ class LoadAudio(io.ComfyNode):
                 ),
             ],
             outputs=[
-                io.Audio.Output("audio", tooltip="The audio as ComfyUI AUDIO (original rate, mono or stereo)."),
-                io.Float.Output("duration_s", tooltip="Length of the audio in seconds."),
+                io.Audio.Output("audio", display_name="audio",
+                                tooltip="The audio as ComfyUI AUDIO (original rate, mono or stereo)."),
+                io.Float.Output("duration_s", display_name="duration_s", tooltip="Length of the audio in seconds."),
             ],
         )
 

@@ -48,7 +48,8 @@ class ModelLoader(io.ComfyNode):
                 io.Boolean.Input("load_rife", default=True,
                                  tooltip="Load RIFE/flownet.pkl for 25 fps output (if present)."),
             ],
-            outputs=[SonicModelType.Output("sonic_model", tooltip="The loaded Sonic model set.")],
+            outputs=[SonicModelType.Output("sonic_model", display_name="sonic_model",
+                                           tooltip="The loaded Sonic model set.")],
         )
 
     @classmethod

@@ -30,8 +30,10 @@ class Plan(io.ComfyNode):
                 *generation_widgets(),
             ],
             outputs=[
-                io.String.Output("plan", tooltip="JSON: verdict, plan, predicted peak per stage, rungs tried."),
-                io.Boolean.Output("fits", tooltip="True when the run fits (possibly after downgrades)."),
+                io.String.Output("plan", display_name="plan",
+                                 tooltip="JSON: verdict, plan, predicted peak per stage, rungs tried."),
+                io.Boolean.Output("fits", display_name="fits",
+                                  tooltip="True when the run fits (possibly after downgrades)."),
                 io.Int.Output("planned_min_resolution", display_name="min_resolution",
                               tooltip="The resolution the plan would use."),
             ],

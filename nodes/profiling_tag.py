@@ -47,7 +47,8 @@ class ProfilingTag(io.ComfyNode):
             outputs=[
                 SonicModelType.Output("tagged_model", display_name="sonic_model",
                                       tooltip="The same model, with profiling attached."),
-                io.String.Output("status", tooltip="Whether profiling is on, and why not if it is off."),
+                io.String.Output("status", display_name="status",
+                                 tooltip="Whether profiling is on, and why not if it is off."),
             ],
         )
 
