@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from comfy_host import ComfyServer
+from comfy_host import ComfyServer, execution_error
 from hardening_cases import Case, quick_prompt
 
 OUR_ERRORS = ("SonicGuardError", "BadInputError", "BadAudioError", "BadImageError", "NoFaceError",
@@ -47,20 +47,10 @@ def is_actionable(message: str) -> bool:
 
 
 def wait_finished(server: ComfyServer, prompt_id: str, timeout_s: float) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        entry = server.get_json(f"/history/{prompt_id}").get(prompt_id)
-        if entry and entry.get("status", {}).get("completed") is not None:
-            return entry
-        time.sleep(0.1)
-    raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout_s} s")
+    return server.wait_history(prompt_id, timeout_s)
 
 
-def execution_error_of(history: dict) -> dict | None:
-    for kind, data in history.get("status", {}).get("messages", []):
-        if kind == "execution_error":
-            return data
-    return None
+execution_error_of = execution_error
 
 
 def server_alive(server: ComfyServer) -> bool:
