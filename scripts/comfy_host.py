@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,9 +164,10 @@ class ComfyServer:
             raise ComfyHostError(f"/prompt refused ({status}): {json.dumps(answer, indent=1)[:4000]}")
         return answer["prompt_id"]
 
-    def run(self, prompt: dict, timeout_s: float = 600.0) -> dict:
-        """Queue a prompt, follow /ws until it finishes, and return its /history entry."""
-        ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}", timeout=5)
+    def follow(self, prompt: dict, timeout_s: float = 600.0,
+               on_message: Callable[[str, dict], None] | None = None) -> tuple[str, list[dict]]:
+        """Queue a prompt and read /ws until it ends; `on_message(prompt_id, message)` sees each of its messages."""
+        ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}", timeout=2)
         events: list[dict] = []
         try:
             prompt_id = self.queue(prompt)
@@ -183,7 +184,9 @@ class ComfyServer:
                 if data.get("prompt_id") not in (None, prompt_id):
                     continue
                 events.append(message)
-                if message["type"] in ("execution_error", "execution_interrupted"):
+                if on_message is not None:
+                    on_message(prompt_id, message)
+                if message["type"] in ("execution_error", "execution_interrupted", "execution_success"):
                     break
                 if message["type"] == "executing" and data.get("node") is None and data.get("prompt_id"):
                     break
@@ -191,6 +194,11 @@ class ComfyServer:
                 raise ComfyHostError(f"prompt {prompt_id} did not finish in {timeout_s}s:\n{self.log_tail()}")
         finally:
             ws.close()
+        return prompt_id, events
+
+    def run(self, prompt: dict, timeout_s: float = 600.0) -> dict:
+        """Queue a prompt, follow /ws until it finishes, and return its /history entry."""
+        prompt_id, events = self.follow(prompt, timeout_s)
         history = self.wait_history(prompt_id)
         history["_events"] = events
         return history

@@ -8,7 +8,6 @@ handled when it runs to a video. The server must answer afterwards in every case
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -134,33 +133,14 @@ def follow_prompt(server: ComfyServer, prompt: dict, on_progress: Callable[[list
     """Queue `prompt` and read /ws until it ends, calling on_progress(events, prompt_id) at each progress event.
 
     Returns the prompt id and every (monotonic time, message) of this prompt."""
-    import websocket
-
-    ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws?clientId={server.client_id}", timeout=2)
     events: list[tuple[float, dict]] = []
-    try:
-        status, answer = server.post_json("/prompt", {"prompt": prompt, "client_id": server.client_id})
-        if status != 200 or answer.get("node_errors"):
-            raise RuntimeError(f"/prompt refused ({status}): {queue_message(answer)}")
-        prompt_id = answer["prompt_id"]
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                raw = ws.recv()
-            except websocket.WebSocketTimeoutException:
-                continue
-            if not isinstance(raw, str):
-                continue
-            message = json.loads(raw)
-            if message.get("data", {}).get("prompt_id") not in (None, prompt_id):
-                continue
-            events.append((time.monotonic(), message))
-            if message["type"] == "progress":
-                on_progress(events, prompt_id)
-            if message["type"] in ("execution_error", "execution_interrupted", "execution_success"):
-                break
-    finally:
-        ws.close()
+
+    def record(prompt_id: str, message: dict) -> None:
+        events.append((time.monotonic(), message))
+        if message["type"] == "progress":
+            on_progress(events, prompt_id)
+
+    prompt_id, _ = server.follow(prompt, timeout_s, on_message=record)
     return prompt_id, events
 
 
