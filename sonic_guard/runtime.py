@@ -17,15 +17,9 @@ import torch
 from torch import nn
 
 from .models.weight_streaming import stream_weights
+from .telemetry.stages import StageObserver
 
 T = TypeVar("T")
-
-STAGES = ("preprocess", "audio_features", "sampling", "decode", "interpolation", "encode")
-
-
-class StageObserver(Protocol):
-    def stage(self, name: str) -> contextlib.AbstractContextManager[None]: ...
-
 
 class ModelPlacer(Protocol):
     def place(self, name: str, module: nn.Module) -> contextlib.AbstractContextManager[nn.Module]: ...
