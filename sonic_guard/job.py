@@ -226,7 +226,7 @@ def build_report(
     decision: PlanDecision, final_plan: ExecutionPlan, retries: list[OomRetry], result: GenerationResult,
     free_before: int, device: torch.device, job: JobRequest, started: float,
 ) -> dict[str, Any]:
-    measured = _measured_peak(device)
+    measured, measured_tensors = _measured_peaks(device)
     predicted = decision.estimate.peak_bytes
     final_estimate = decision.estimate if final_plan == decision.plan else None
     return {
@@ -237,8 +237,9 @@ def build_report(
         "predicted_peak_bytes": final_estimate.peak_bytes if final_estimate else predicted,
         "requested_peak_bytes": decision.requested_peak_bytes,
         "measured_peak_bytes": measured,
-        "measured_peak_source": "torch.cuda.max_memory_allocated" if measured is not None else
-        "not measured: the CPU has no device allocator peak",
+        "measured_tensor_peak_bytes": measured_tensors,
+        "measured_peak_source": "torch.cuda.max_memory_reserved (what the allocator took from the device)"
+        if measured is not None else "not measured: the CPU has no device allocator peak",
         "estimator_relative_error": (measured - predicted) / predicted if measured and predicted else None,
         "dominant_stage": decision.estimate.dominant_stage,
         "calibration": decision.estimate.calibration,
@@ -285,7 +286,9 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _measured_peak(device: torch.device) -> int | None:
+def _measured_peaks(device: torch.device) -> tuple[int | None, int | None]:
+    """(reserved, allocated) peaks since the attempt began. The prediction includes the allocator's overhead, so
+    it is compared with the reserved peak; the allocated peak is the simulated tensor peak's counterpart."""
     if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return None
+        return int(torch.cuda.max_memory_reserved(device)), int(torch.cuda.max_memory_allocated(device))
+    return None, None

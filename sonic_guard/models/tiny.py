@@ -52,7 +52,7 @@ SVD_XT_SCHEDULER_CONFIG: dict[str, Any] = {
 }
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
 
@@ -77,9 +77,9 @@ def _write_svd_folder(svd: Path) -> None:
     from diffusers import AutoencoderKLTemporalDecoder
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    _write_json(svd / "unet" / "config.json",
+    write_json(svd / "unet" / "config.json",
                 {"_class_name": "UNetSpatioTemporalConditionModel", **TINY_UNET_CONFIG})
-    _write_json(svd / "scheduler" / "scheduler_config.json", SVD_XT_SCHEDULER_CONFIG)
+    write_json(svd / "scheduler" / "scheduler_config.json", SVD_XT_SCHEDULER_CONFIG)
     vae = AutoencoderKLTemporalDecoder(
         down_block_types=("DownEncoderBlock2D",) * 4,
         block_out_channels=(32, 32, 32, 32),

@@ -1,0 +1,348 @@
+"""GPU calibration and validation of the memory model, on full-size random models and real CUDA.
+
+Peak memory does not depend on weight values, so a random model set in the official layout and at the official
+sizes (`sonic_guard.models.full_random`) stands in for the real checkpoints. Phases (each one's result is written
+to the results file as soon as it ends, so a run cut off by a time limit keeps what it finished):
+
+  env        torch / CUDA / device; NVML's used memory vs torch.cuda.mem_get_info and the allocator's reserve
+  models     write the random full-size set (fp16), load it through the real loader, cast to fp16
+  calibrate  memory.calibrate: one UNet window per size, simulated tensor peak vs the allocator's reserved peak
+  validate   whole runs (run_job, policy off: every model resident, 3 CFG branches batched) per size:
+             simulated tensor peak vs max_memory_allocated, calibrated prediction vs max_memory_reserved,
+             seconds per UNet call
+  guard      1024 px under a real per-process cap (torch.cuda.set_per_process_memory_fraction): policy auto must
+             plan under the cap and run without an OOM; policy off under a cap too small must hit a real CUDA OOM
+             and finish through the recovery ladder
+  duration   5 s vs 60 s of speech at 512 px, one step: peak VRAM must not grow with the audio
+
+    python bench/bench_gpu.py --audio-dir DIR --out bench/results/gpu_h100.json [--phases ...]
+    python bench/bench_gpu.py --tiny     # dry run of every phase on the CPU with the small model (no GPU figures)
+
+DIR holds speech_5s.wav and speech_60s.wav (espeak-ng speech; `--make-audio DIR` writes them where espeak-ng is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import logging
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from sonic_guard.audio_input import LoadedAudio, audio_from_comfy, fit_duration  # noqa: E402
+from sonic_guard.job import JobEnvironment, JobRequest, model_configs_of, run_job  # noqa: E402
+from sonic_guard.memory.estimator import MemoryEstimator  # noqa: E402
+from sonic_guard.memory.history import RunHistory  # noqa: E402
+from sonic_guard.models.checkpoints import SonicModelSet, load_sonic_models  # noqa: E402
+from sonic_guard.runtime import DevicePlacer  # noqa: E402
+from sonic_guard.settings import GenerationSettings  # noqa: E402
+
+logger = logging.getLogger("bench_gpu")
+GIB = 1024**3
+PHASES = ("env", "models", "calibrate", "validate", "guard", "duration")
+SPEECH = ("Hello there. I am a portrait that learned to talk, and this benchmark keeps me talking for a while, "
+          "so that we can see whether memory grows with the length of the audio.")
+MODEL_SETS = ("stable-video-diffusion-img2vid-xt", "whisper-tiny", "Sonic", "RIFE")
+CAST = ("unet", "audio_token_projector", "motion_bucket_predictor", "whisper_encoder", "vae", "image_encoder",
+        "rife")
+
+
+def gib(value: int | float | None) -> float | None:
+    return None if value is None else round(value / GIB, 3)
+
+
+def make_audio(folder: Path) -> None:
+    """Real espeak-ng speech repeated to 5 s and 60 s (run where espeak-ng is installed)."""
+    from scipy.io import wavfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    once = folder / "once.wav"
+    subprocess.run(["espeak-ng", "-w", str(once), SPEECH], check=True, capture_output=True)
+    rate, samples = wavfile.read(once)
+    for seconds in (5, 60):
+        repeats = int(np.ceil(seconds * rate / len(samples)))
+        wavfile.write(folder / f"speech_{seconds}s.wav", rate, np.tile(samples, repeats)[: seconds * rate])
+    once.unlink()
+
+
+def load_speech(folder: Path, seconds: int) -> LoadedAudio:
+    from scipy.io import wavfile
+
+    rate, samples = wavfile.read(folder / f"speech_{seconds}s.wav")
+    waveform = torch.from_numpy(samples.astype(np.float32) / 32768.0).reshape(1, 1, -1)
+    audio, _ = fit_duration(audio_from_comfy({"waveform": waveform, "sample_rate": int(rate)}), float(seconds))
+    return audio
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.device = torch.device("cpu" if args.tiny else "cuda")
+        self.work = Path(tempfile.mkdtemp(prefix="sonic_gpu_bench_"))
+        self.history = RunHistory(self.work / "history.sqlite")
+        self.models: SonicModelSet | None = None
+        self.results: dict[str, Any] = {"command": " ".join(sys.argv), "phases": {}}
+        if args.out.is_file() and args.merge:
+            self.results = json.loads(args.out.read_text())
+            self.results.setdefault("phases", {})
+
+    # -- helpers --------------------------------------------------------------------------------------------
+
+    def save(self) -> None:
+        self.results["written_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.args.out.parent.mkdir(parents=True, exist_ok=True)
+        self.args.out.write_text(json.dumps(self.results, indent=1, default=str) + "\n")
+
+    def ensure_models(self) -> SonicModelSet:
+        if self.models is None:
+            self.phase_models()
+        assert self.models is not None
+        return self.models
+
+    def baseline(self) -> None:
+        """Every model back on the CPU and the allocator's cache returned: each run starts from the same place."""
+        if self.models is not None:
+            for name in CAST:
+                module = getattr(self.models, name)
+                if module is not None:
+                    module.to("cpu")
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def environment(self, cap_bytes: int | None = None) -> JobEnvironment:
+        models = self.ensure_models()
+        device = self.device
+
+        def free_memory() -> int:
+            if device.type != "cuda":
+                return cap_bytes or 64 * GIB
+            free, _ = torch.cuda.mem_get_info(device)
+            # As ComfyUI counts it: the device's free memory plus the allocator's idle cache.
+            free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            if cap_bytes is not None:
+                free = min(free, cap_bytes - torch.cuda.memory_allocated(device))
+            return int(free)
+
+        def release() -> None:
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+        estimator = MemoryEstimator(model_configs_of(models), device_type=device.type)
+        return JobEnvironment(
+            device=device, free_memory=free_memory,
+            is_oom=lambda error: isinstance(error, torch.OutOfMemoryError), release_memory=release,
+            estimator=estimator, history=self.history,
+            placer_for=lambda plan: DevicePlacer(device, offload_idle=plan.offload_idle_models,
+                                                 stream_unet=plan.unet_weight_offload),
+        )
+
+    def job(self, size: int, seconds: int, steps: int, policy: str, cap_bytes: int | None = None) -> dict[str, Any]:
+        """One whole run from a clean baseline; returns its report plus the allocator's own peaks."""
+        from skimage import data
+
+        models = self.ensure_models()
+        self.baseline()
+        env = self.environment(cap_bytes)
+        settings = GenerationSettings(min_resolution=size, inference_steps=steps, seed=0)
+        request = JobRequest(image=data.astronaut(), audio=load_speech(self.args.audio_dir, seconds),
+                             settings=settings, output_path=self.work / f"run_{size}_{seconds}_{policy}.mp4",
+                             policy=policy)
+        if self.device.type == "cuda" and cap_bytes is not None:
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            torch.cuda.set_per_process_memory_fraction(cap_bytes / total, self.device)
+        started = time.perf_counter()
+        try:
+            report = run_job(models, request, env).report
+            error = None
+        except Exception as exc:  # recorded, not raised: one failed run must not lose the others' figures
+            report, error = {}, f"{type(exc).__name__}: {str(exc)[:600]}"
+            logger.exception("run %dpx %ds %s failed", size, seconds, policy)
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.set_per_process_memory_fraction(1.0, self.device)
+        row: dict[str, Any] = {"size": size, "audio_s": seconds, "steps": steps, "policy": policy,
+                               "cap_gib": gib(cap_bytes), "wall_s": round(time.perf_counter() - started, 2)}
+        if error:
+            row["error"] = error
+            return row
+        history = self.history.recent(1)[0]
+        row.update({
+            "plan": {k: report["plan"][k] for k in ("width", "height", "cfg_batch", "ff_chunk", "decode_chunk",
+                                                    "offload_idle_models", "unet_weight_offload", "attention",
+                                                    "inference_steps", "min_resolution")},
+            "levers_applied": report["levers_applied"], "downgrades": report["downgrades"],
+            "retries": report["retries"],
+            "predicted_tensor_peak_gib": gib(history.raw_predicted_bytes),
+            "predicted_peak_gib": gib(report["predicted_peak_bytes"]),
+            "measured_allocated_peak_gib": gib(report["measured_tensor_peak_bytes"]),
+            "measured_reserved_peak_gib": gib(report["measured_peak_bytes"]),
+            "stage_seconds": report["stage_seconds"], "unet_calls": history.unet_calls,
+            "video": report["video"], "dominant_stage": report["dominant_stage"],
+        })
+        if report["measured_tensor_peak_bytes"]:
+            row["tensor_error"] = round(report["measured_tensor_peak_bytes"] / history.raw_predicted_bytes - 1, 4)
+            row["reserved_over_prediction"] = round(report["measured_peak_bytes"] / report["predicted_peak_bytes"],
+                                                    4)
+        sampling = report["stage_seconds"].get("sampling")
+        if sampling and history.unet_calls:
+            row["seconds_per_unet_call"] = round(sampling / history.unet_calls, 4)
+        return row
+
+    def run_phase(self, name: str, body: Callable[[], Any]) -> None:
+        started = time.perf_counter()
+        logger.info("phase %s", name)
+        try:
+            value = body()
+            entry = {"ok": True, "result": value}
+        except Exception as exc:
+            logger.exception("phase %s failed", name)
+            entry = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+        entry["seconds"] = round(time.perf_counter() - started, 1)
+        self.results["phases"][name] = entry
+        self.save()
+        print(json.dumps({name: entry}, default=str)[:4000], flush=True)
+
+    # -- phases ---------------------------------------------------------------------------------------------
+
+    def phase_env(self) -> dict[str, Any]:
+        import cv2
+
+        from sonic_guard.telemetry.nvml import read_nvml
+
+        info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                                "cuda": torch.version.cuda, "device": str(self.device), "opencv": cv2.__version__}
+        if self.device.type != "cuda":
+            return info
+        props = torch.cuda.get_device_properties(self.device)
+        info.update({"name": props.name, "total_gib": gib(props.total_memory),
+                     "multiprocessors": props.multi_processor_count})
+        block = torch.empty(2 * GIB, dtype=torch.uint8, device=self.device)  # a known 2 GiB live
+        torch.cuda.synchronize()
+        free, total = torch.cuda.mem_get_info(self.device)
+        reading = read_nvml(with_processes=True)
+        nvml = reading.devices[0] if reading.devices else None
+        info["readings_with_2gib_live"] = {
+            "torch_mem_get_info_used_gib": gib(total - free),
+            "torch_reserved_gib": gib(torch.cuda.memory_reserved(self.device)),
+            "nvml_used_gib": gib(nvml.memory_used_bytes) if nvml else None,
+            "nvml_total_gib": gib(nvml.memory_total_bytes) if nvml else None,
+            "nvml_process_used_gib": gib(nvml.process_used_bytes) if nvml else None,
+            "nvml_error": getattr(reading, "error", None),
+        }
+        info["context_and_driver_gib"] = gib(total - free - torch.cuda.memory_reserved(self.device))
+        del block
+        torch.cuda.empty_cache()
+        return info
+
+    def phase_models(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        if self.args.tiny:
+            from sonic_guard.models.tiny import write_tiny_model_set
+
+            root = self.work / "tiny-sonic"
+            write_tiny_model_set(root, seed=0)
+        else:
+            from sonic_guard.models.full_random import write_full_size_random_model_set
+
+            root = self.args.models_dir
+            write_full_size_random_model_set(root, build_device=self.device)
+        written = time.perf_counter() - started
+        started = time.perf_counter()
+        models = load_sonic_models(root)
+        dtype = torch.float32 if self.args.tiny else torch.float16
+        for name in CAST:
+            module = getattr(models, name)
+            if module is not None:
+                module.to(dtype)
+        self.models = models
+        on_disk = sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file())
+        params = sum(p.numel() for p in models.unet.parameters())
+        return {"root": str(root), "write_s": round(written, 1), "load_s": round(time.perf_counter() - started, 1),
+                "on_disk_gib": gib(on_disk), "unet_parameters": params, "dtype": str(dtype)}
+
+    def phase_calibrate(self) -> dict[str, Any]:
+        from sonic_guard.memory.calibrate import calibrate_on_device
+
+        if self.device.type != "cuda":
+            return {"skipped": "allocator calibration needs CUDA"}
+        self.baseline()
+        sizes = tuple(self.args.sizes)
+        calibration = calibrate_on_device(self.history, sizes=sizes)
+        rows = [r for r in self.history.recent(len(sizes)) if r.outcome == "calibration"][::-1]
+        return {
+            "fit": {"fixed_gib": gib(calibration.fixed_bytes), "fragmentation": round(calibration.fragmentation, 4),
+                    "source": calibration.source},
+            "windows": [{"size": r.plan["width"], "simulated_gib": gib(r.raw_predicted_bytes),
+                         "reserved_peak_gib": gib(r.measured_peak_bytes),
+                         "ratio": round(r.measured_peak_bytes / r.raw_predicted_bytes, 4)} for r in rows],
+        }
+
+    def phase_validate(self) -> list[dict[str, Any]]:
+        return [self.job(size, 5, self.args.steps, "off") for size in self.args.sizes]
+
+    def phase_guard(self) -> list[dict[str, Any]]:
+        size = max(self.args.sizes)
+        rows = [self.job(size, 5, self.args.steps, "auto", int(cap * GIB)) for cap in self.args.caps]
+        rows.append(self.job(size, 5, self.args.steps, "off", int(min(self.args.caps) * GIB)))
+        return rows
+
+    def phase_duration(self) -> dict[str, Any]:
+        size = min(self.args.sizes) if self.args.tiny else 512
+        short, long = (self.job(size, seconds, 1, "auto") for seconds in (5, 60))
+        out: dict[str, Any] = {"5s": short, "60s": long}
+        if short.get("measured_allocated_peak_gib") and long.get("measured_allocated_peak_gib"):
+            out["vram_allocated_ratio_60s_vs_5s"] = round(
+                long["measured_allocated_peak_gib"] / short["measured_allocated_peak_gib"], 4)
+            out["vram_reserved_ratio_60s_vs_5s"] = round(
+                long["measured_reserved_peak_gib"] / short["measured_reserved_peak_gib"], 4)
+        return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 768, 1024])
+    parser.add_argument("--caps", type=float, nargs="+", default=[12.0, 8.0], help="GiB caps for the guard phase")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--audio-dir", type=Path, default=REPO / ".gpu")
+    parser.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "sonic-full-random")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gpu.json")
+    parser.add_argument("--merge", action="store_true", help="keep the phases already in --out")
+    parser.add_argument("--tiny", action="store_true", help="dry run on the CPU with the small model")
+    parser.add_argument("--make-audio", type=Path, help="write speech_5s.wav and speech_60s.wav here and exit")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.make_audio:
+        make_audio(args.make_audio)
+        return 0
+    if args.tiny:
+        args.sizes = [128] if args.sizes == [512, 768, 1024] else args.sizes
+        args.steps = 1
+    bench = Bench(args)
+    for name in args.phases:
+        bench.run_phase(name, getattr(bench, f"phase_{name}"))
+    return 0 if all(entry["ok"] for entry in bench.results["phases"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
