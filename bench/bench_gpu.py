@@ -6,7 +6,11 @@ to the results file as soon as it ends, so a run cut off by a time limit keeps w
 
   env        torch / CUDA / device; NVML's used memory vs torch.cuda.mem_get_info and the allocator's reserve
   models     write the random full-size set (fp16), load it through the real loader, cast to fp16
-  calibrate  memory.calibrate: one UNet window per size, simulated tensor peak vs the allocator's reserved peak
+  calibrate  memory.calibrate: one UNet window per size, simulated tensor peak vs the least memory it needs
+  breakdown  one 1024 px window under variants (attention kernels, cuDNN off, no FF chunking): simulated vs
+             measured activations, and the live allocations at the peak grouped by the code that made them
+  tightness  a whole 2 s run of a fixed plan (no planner, no recovery) under caps at the prediction, at the
+             simulated tensor peak + 5 % and at the tensor peak alone: which of them it finishes under
   validate   whole runs (run_job, policy off: every model resident, 3 CFG branches batched) per size:
              simulated tensor peak vs max_memory_allocated, calibrated prediction vs max_memory_reserved,
              seconds per UNet call
@@ -28,6 +32,7 @@ import datetime as dt
 import gc
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -55,12 +60,13 @@ from sonic_guard.settings import GenerationSettings  # noqa: E402
 
 logger = logging.getLogger("bench_gpu")
 GIB = 1024**3
-PHASES = ("env", "models", "calibrate", "validate", "guard", "duration")
+PHASES = ("env", "models", "calibrate", "breakdown", "tightness", "validate", "guard", "duration")
 SPEECH = ("Hello there. I am a portrait that learned to talk, and this benchmark keeps me talking for a while, "
           "so that we can see whether memory grows with the length of the audio.")
 MODEL_SETS = ("stable-video-diffusion-img2vid-xt", "whisper-tiny", "Sonic", "RIFE")
-CAST = ("unet", "audio_token_projector", "motion_bucket_predictor", "whisper_encoder", "vae", "image_encoder",
-        "rife")
+PLACED = ("unet", "audio_token_projector", "motion_bucket_predictor", "whisper_encoder", "vae", "image_encoder",
+          "rife")
+CAST_TO_HALF = ("unet", "vae", "image_encoder")  # as the loader node does; whisper and the adapters stay fp32
 
 
 def gib(value: int | float | None) -> float | None:
@@ -90,14 +96,49 @@ def load_speech(folder: Path, seconds: int) -> LoadedAudio:
     return audio
 
 
+def live_at_peak(snapshot: dict[str, Any], baseline: int, top: int = 30) -> list[dict[str, Any]]:
+    """Replay the allocator trace; group what is live at the highest point by the innermost frame in our code,
+    diffusers or torch.nn.functional (the code that asked for the memory)."""
+    live: dict[int, tuple[int, str]] = {}
+    total = best = 0
+    best_live: dict[int, tuple[int, str]] = {}
+    for event in snapshot["device_traces"][0]:
+        action, addr, size = event["action"], event["addr"], event["size"]
+        if action == "alloc":
+            live[addr] = (size, _site(event.get("frames", [])))
+            total += size
+            if total > best:
+                best, best_live = total, dict(live)
+        elif action == "free_completed" and addr in live:
+            total -= live.pop(addr)[0]
+    groups: dict[str, list[int]] = {}
+    for size, site in best_live.values():
+        entry = groups.setdefault(site, [0, 0])
+        entry[0] += size
+        entry[1] += 1
+    ranked = sorted(groups.items(), key=lambda item: -item[1][0])[:top]
+    return [{"site": site, "gib": gib(size), "tensors": count} for site, (size, count) in ranked] + [
+        {"site": "(trace peak above the live weights)", "gib": gib(best), "tensors": len(best_live)}]
+
+
+def _site(frames: list[dict[str, Any]]) -> str:
+    for frame in frames:
+        name = frame.get("filename", "")
+        if any(part in name for part in ("sonic_guard", "diffusers", "functional.py", "bench_gpu")):
+            return f"{Path(name).name}:{frame.get('line')} {frame.get('name')}"
+    return "(other)"
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.device = torch.device("cpu" if args.tiny else "cuda")
+        # An indexed device: torch.cuda.set_per_process_memory_fraction refuses a bare "cuda".
+        self.device = torch.device("cpu") if args.tiny else torch.device("cuda", torch.cuda.current_device())
         self.work = Path(tempfile.mkdtemp(prefix="sonic_gpu_bench_"))
         self.history = RunHistory(self.work / "history.sqlite")
         self.models: SonicModelSet | None = None
-        self.results: dict[str, Any] = {"command": " ".join(sys.argv), "phases": {}}
+        self.results: dict[str, Any] = {"command": " ".join(sys.argv), "phases": {},
+                                        "allocator": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "native"}
         if args.out.is_file() and args.merge:
             self.results = json.loads(args.out.read_text())
             self.results.setdefault("phases", {})
@@ -118,7 +159,7 @@ class Bench:
     def baseline(self) -> None:
         """Every model back on the CPU and the allocator's cache returned: each run starts from the same place."""
         if self.models is not None:
-            for name in CAST:
+            for name in PLACED:
                 module = getattr(self.models, name)
                 if module is not None:
                     module.to("cpu")
@@ -270,10 +311,8 @@ class Bench:
         started = time.perf_counter()
         models = load_sonic_models(root)
         dtype = torch.float32 if self.args.tiny else torch.float16
-        for name in CAST:
-            module = getattr(models, name)
-            if module is not None:
-                module.to(dtype)
+        for name in CAST_TO_HALF:
+            getattr(models, name).to(dtype)
         self.models = models
         on_disk = sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file())
         params = sum(p.numel() for p in models.unet.parameters())
@@ -292,10 +331,113 @@ class Bench:
         return {
             "fit": {"fixed_gib": gib(calibration.fixed_bytes), "fragmentation": round(calibration.fragmentation, 4),
                     "source": calibration.source},
+            "allocator": rows[0].hardware.get("allocator") if rows else None,
             "windows": [{"size": r.plan["width"], "simulated_gib": gib(r.raw_predicted_bytes),
-                         "reserved_peak_gib": gib(r.measured_peak_bytes),
-                         "ratio": round(r.measured_peak_bytes / r.raw_predicted_bytes, 4)} for r in rows],
+                         "least_needed_gib": gib(r.measured_peak_bytes),
+                         "ratio": round(r.measured_peak_bytes / r.raw_predicted_bytes, 4)
+                         if r.measured_peak_bytes else None} for r in rows],
         }
+
+    def phase_breakdown(self) -> dict[str, Any]:
+        from sonic_guard.memory.calibrate import run_window, unet_on_device
+        from sonic_guard.memory.model_specs import ModelConfigs
+        from sonic_guard.memory.plan import ExecutionPlan
+
+        if self.device.type != "cuda":
+            return {"skipped": "needs CUDA"}
+        self.baseline()
+        configs = ModelConfigs.full_size()
+        estimator = MemoryEstimator(configs, device_type="cuda")
+        size = max(self.args.sizes)
+        unet = unet_on_device(configs, self.device, torch.float16)
+        torch.cuda.synchronize()
+        weights = torch.cuda.memory_allocated(self.device)
+        variants = {
+            "flash_ff4": {"attention": "flash", "ff_chunk": 4},
+            "mem_efficient_ff4": {"attention": "mem_efficient", "ff_chunk": 4},
+            "math_ff4": {"attention": "math", "ff_chunk": 4},
+            "flash_no_ff_chunk": {"attention": "flash", "ff_chunk": None},
+            "flash_ff4_cudnn_off": {"attention": "flash", "ff_chunk": 4, "cudnn": False},
+        }
+        rows: dict[str, Any] = {"weights_gib": gib(weights)}
+        for name, variant in variants.items():
+            plan = ExecutionPlan(min_resolution=size, width=size, height=size, cfg_batch=1,
+                                 ff_chunk=variant["ff_chunk"], attention=variant["attention"],
+                                 offload_idle_models=True)
+            simulated = estimator.estimate(plan, exact=True).stages["unet_window"].activation_bytes
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            record = name == "flash_ff4"
+            if record:
+                torch.cuda.memory._record_memory_history(max_entries=400_000)
+            try:
+                with torch.backends.cudnn.flags(enabled=variant.get("cudnn", True)):
+                    run_window(plan, configs, self.device, unet)
+                rows[name] = {
+                    "simulated_activation_gib": gib(simulated),
+                    "measured_activation_gib": gib(torch.cuda.max_memory_allocated(self.device) - weights),
+                    "reserved_peak_gib": gib(torch.cuda.max_memory_reserved(self.device)),
+                }
+                if record:
+                    rows[name]["live_at_peak"] = live_at_peak(torch.cuda.memory._snapshot(), weights)
+            except Exception as exc:
+                rows[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            finally:
+                if record:
+                    torch.cuda.memory._record_memory_history(enabled=None)
+        del unet
+        return rows
+
+    def phase_tightness(self) -> list[dict[str, Any]]:
+        from skimage import data
+
+        from sonic_guard.face import make_face_detector
+        from sonic_guard.image_prep import prepare_reference
+        from sonic_guard.memory.plan import ExecutionPlan
+        from sonic_guard.pipeline import generate
+
+        models = self.ensure_models()
+        estimator = MemoryEstimator(model_configs_of(models), device_type=self.device.type)
+        audio, _ = fit_duration(load_speech(self.args.audio_dir, 5), 2.0)
+        cases = (("levers", max(self.args.sizes), {"offload_idle_models": True, "ff_chunk": 4, "cfg_batch": 1,
+                                                   "decode_chunk": 2}),
+                 ("official", min(self.args.sizes), {}))
+        rows = []
+        for name, size, levers in cases:
+            reference = prepare_reference(data.astronaut(), min_resolution=size,
+                                          detector=make_face_detector(None))
+            height, width = reference.reference.shape[-2:]
+            plan = ExecutionPlan(min_resolution=size, width=width, height=height, inference_steps=1,
+                                 dtype="float16" if self.device.type == "cuda" else "float32", **levers)
+            estimate = estimator.estimate(plan, exact=True)
+            caps = {"prediction": estimate.peak_bytes, "tensor_peak_plus_5pct": int(estimate.raw_peak_bytes * 1.05),
+                    "tensor_peak": estimate.raw_peak_bytes}
+            for label, cap in caps.items():
+                self.baseline()
+                settings = GenerationSettings(min_resolution=size, inference_steps=1, seed=0)
+                placer = DevicePlacer(self.device, offload_idle=plan.offload_idle_models)
+                row: dict[str, Any] = {"plan": name, "size": size, "cap": label, "cap_gib": gib(cap),
+                                       "predicted_gib": gib(estimate.peak_bytes),
+                                       "tensor_peak_gib": gib(estimate.raw_peak_bytes)}
+                if self.device.type == "cuda":
+                    total = torch.cuda.get_device_properties(self.device).total_memory
+                    torch.cuda.set_per_process_memory_fraction(cap / total, self.device)
+                try:
+                    generate(models, reference, audio, settings, plan, self.work / f"tight_{name}_{label}.mp4",
+                             device=self.device, placer=placer)
+                    row["finished"] = True
+                except torch.OutOfMemoryError as exc:
+                    row["finished"] = False
+                    row["oom"] = str(exc)[:200]
+                finally:
+                    if self.device.type == "cuda":
+                        torch.cuda.set_per_process_memory_fraction(1.0, self.device)
+                if self.device.type == "cuda":
+                    row["allocated_peak_gib"] = gib(torch.cuda.max_memory_allocated(self.device))
+                    row["reserved_peak_gib"] = gib(torch.cuda.max_memory_reserved(self.device))
+                rows.append(row)
+                logger.info("tightness %s", row)
+        return rows
 
     def phase_validate(self) -> list[dict[str, Any]]:
         return [self.job(size, 5, self.args.steps, "off") for size in self.args.sizes]

@@ -169,3 +169,14 @@ def test_truncated_whisper_weights_are_refused(broken_root: Path, tiny_root: Pat
     weights.write_bytes(weights.read_bytes()[:1000])
     message = _refusal(broken_root)
     assert "whisper-tiny" in message and "openai/whisper-tiny" in message
+
+
+def test_half_precision_small_model_files_load_as_float32(broken_root: Path):
+    """fp16 conversions of the adapters and RIFE load as float32: the engine runs the small models in float32."""
+    for name in ("Sonic/audio2token.pth", "Sonic/audio2bucket.pth", "RIFE/flownet.pkl"):
+        path = broken_root / name
+        state = torch.load(path, weights_only=True)
+        torch.save({key: value.half() for key, value in state.items()}, path)
+    models = load_sonic_models(broken_root)
+    for module in (models.audio_token_projector, models.motion_bucket_predictor, models.rife, models.whisper_encoder):
+        assert {p.dtype for p in module.parameters()} == {torch.float32}

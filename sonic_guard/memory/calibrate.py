@@ -1,15 +1,20 @@
 """Calibrate the allocator overhead on a real CUDA device and store it in the run history.
 
 One UNet window (random weights: memory does not depend on their values) runs at a few sizes with the
-quality-neutral plan; the caching allocator's reserved peak is recorded next to the simulated tensor peak, and
-`RunHistory.calibration()` fits fixed bytes + fragmentation from those rows (and from real runs later on).
+quality-neutral plan. What is recorded against the simulated tensor peak is the least memory the window needs:
+the smallest per-process cap (`torch.cuda.set_per_process_memory_fraction`) under which it finishes, found by
+bisection. The allocator's unconstrained reserved peak is not that figure: with room to spare the caching allocator
+keeps freed blocks instead of reusing them (measured on an H100: 1.3-1.7x the tensor peak), and it gives them back
+and retries before it reports an OOM. `RunHistory.calibration()` fits fixed bytes + fragmentation from the rows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -17,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..models.unet import build_sonic_unet
 from .calibration import AllocatorCalibration
 from .estimator import MemoryEstimator
-from .free_memory import measure_device_peak, torch_free_memory
+from .free_memory import torch_free_memory
 from .history import RunHistory
 from .model_specs import ModelConfigs
 from .plan import ExecutionPlan
@@ -29,15 +34,21 @@ _BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "mem_efficient": SDPBackend.EF
              "math": SDPBackend.MATH}
 
 
+MIB = 1024**2
+
+
 def calibrate_on_device(history: RunHistory, device: str = "cuda", *, sizes: Sequence[int] = (512, 768),
-                        configs: ModelConfigs | None = None, attention: str = "flash") -> AllocatorCalibration:
+                        configs: ModelConfigs | None = None, attention: str = "flash",
+                        resolution_bytes: int = 64 * MIB) -> AllocatorCalibration:
     """Measure UNet windows on `device` (CUDA only), store them in `history`, return the refitted calibration."""
     target = torch.device(device)
     if target.type != "cuda":
         raise ValueError(f"allocator calibration needs a CUDA device, got {target.type!r}")
+    target = torch.device("cuda", target.index if target.index is not None else torch.cuda.current_device())
     configs = configs or ModelConfigs.full_size()
     estimator = MemoryEstimator(configs, AllocatorCalibration(0, 0.0, "raw"))
     name = torch.cuda.get_device_name(target)
+    allocator = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") or "native"
     for size in sizes:
         plan = ExecutionPlan(min_resolution=size, width=size, height=size, cfg_batch=1, ff_chunk=4,
                              attention=attention, offload_idle_models=True)
@@ -45,22 +56,65 @@ def calibrate_on_device(history: RunHistory, device: str = "cuda", *, sizes: Seq
         unet_bytes = estimator.models.weight_bytes("unet", plan.torch_dtype, estimator.block)
         raw = unet_bytes + stage.activation_bytes  # the UNet alone is on the device here
         free_before = torch_free_memory(target).free_bytes
-        torch.cuda.empty_cache()
-        with measure_device_peak(target) as reading:
-            _run_window(plan, configs, target)
-        torch.cuda.empty_cache()
-        measured = reading.run_peak_bytes
-        logger.info("calibration %s %dpx: simulated %d B, reserved peak %s B", name, size, raw, measured)
+        needed = least_memory_needed(lambda plan=plan: run_window(plan, configs, target), target,
+                                     low=int(raw * 0.8), high=int(raw * 2.0), resolution=resolution_bytes)
+        logger.info("calibration %s %dpx (%s): simulated %d B, least memory needed %s B", name, size, allocator,
+                    raw, needed)
         history.record(RunReport(
-            plan=plan.to_dict(), predicted_peak_bytes=raw, raw_predicted_bytes=raw, measured_peak_bytes=measured,
+            plan=plan.to_dict(), predicted_peak_bytes=raw, raw_predicted_bytes=raw, measured_peak_bytes=needed,
             free_before_bytes=free_before, levers_applied=list(plan.levers_applied),
-            hardware={"device_name": name, "torch": torch.__version__}, outcome="calibration",
+            hardware={"device_name": name, "torch": torch.__version__, "allocator": allocator},
+            outcome="calibration",
         ))
     return history.calibration(device=name)
 
 
-def _run_window(plan: ExecutionPlan, configs: ModelConfigs, device: torch.device) -> None:
-    unet = build_sonic_unet(configs.unet, device=device, dtype=plan.torch_dtype)
+def least_memory_needed(run: Callable[[], object], device: torch.device, *, low: int, high: int,
+                        resolution: int = 64 * MIB) -> int | None:
+    """Smallest per-process memory cap (bytes) under which `run` finishes, by bisection; None if `high` fails."""
+    total = torch.cuda.get_device_properties(device).total_memory
+
+    def finishes_under(cap: int) -> bool:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+        try:
+            run()
+            return True
+        except torch.OutOfMemoryError:
+            return False
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    if not finishes_under(high):
+        return None
+    while high - low > resolution:
+        middle = (low + high) // 2
+        if finishes_under(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def unet_on_device(configs: ModelConfigs, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Random UNet weights allocated directly in `dtype`: building in fp32 first would put a transient fp32 copy
+    (twice the fp16 weights) into the measured peak."""
+    unet = build_sonic_unet(configs.unet, device="meta", dtype=dtype).to_empty(device=device)
+    with torch.no_grad():
+        for tensor in [*unet.parameters(), *unet.buffers()]:
+            if tensor.is_floating_point():
+                tensor.normal_(0.0, 0.02)
+    return unet
+
+
+def run_window(plan: ExecutionPlan, configs: ModelConfigs, device: torch.device,
+               unet: torch.nn.Module | None = None) -> None:
+    """One sampler window of random inputs as the engine runs it (3 // cfg_batch UNet calls); builds a random
+    UNet on `device` when none is given."""
+    unet = unet if unet is not None else unet_on_device(configs, device, plan.torch_dtype)
     unet.set_feed_forward_chunking(plan.ff_chunk)
     h, w = plan.latent_size
     frames, dim, dtype = configs.window_frames, int(configs.unet["cross_attention_dim"]), plan.torch_dtype

@@ -220,6 +220,11 @@ def load_sonic_models(source: Path | str | ModelPaths, *, with_rife: bool = True
     unet = load_unet(paths, unet_config)
     whisper, extractor, _ = load_whisper(paths.whisper, paths.searched(paths.whisper))
     vae, clip = load_vae_and_clip(paths.svd, paths.searched(paths.svd))
+    # The engine runs the small models in float32 (features, buckets, tokens, RIFE), whatever dtype their files
+    # hold: an fp16 conversion of audio2token.pth would otherwise fail mid-run with a dtype mismatch.
+    for small in (projector, predictor, whisper, rife):
+        if small is not None:
+            small.float()
     face = paths.yoloface if paths.yoloface is not None and paths.yoloface.is_file() else None
     summary = {
         "unet_config": unet_config,
