@@ -9,14 +9,15 @@ to the results file as soon as it ends, so a run cut off by a time limit keeps w
   calibrate  memory.calibrate: one UNet window per size, simulated tensor peak vs the least memory it needs
   breakdown  one 1024 px window under variants (attention kernels, cuDNN off, no FF chunking): simulated vs
              measured activations, and the live allocations at the peak grouped by the code that made them
-  tightness  a whole 2 s run of a fixed plan (no planner, no recovery) under caps at the prediction, at the
-             simulated tensor peak + 5 % and at the tensor peak alone: which of them it finishes under
+  tightness  a whole 2 s run of a fixed plan (no planner, no recovery) under caps at the prediction, 5 % below
+             it and at the simulated tensor peak alone: which of them it finishes under
   validate   whole runs (run_job, policy off: every model resident, 3 CFG branches batched) per size:
              simulated tensor peak vs max_memory_allocated, calibrated prediction vs max_memory_reserved,
              seconds per UNet call
   guard      1024 px under a real per-process cap (torch.cuda.set_per_process_memory_fraction): policy auto must
              plan under the cap and run without an OOM; policy off under a cap too small must hit a real CUDA OOM
              and finish through the recovery ladder
+  soak       consecutive small runs: device memory after each, once the models are back on the CPU (must not grow)
   duration   5 s vs 60 s of speech at 512 px, one step: peak VRAM must not grow with the audio
 
     python bench/bench_gpu.py --audio-dir DIR --out bench/results/gpu_h100.json [--phases ...]
@@ -60,7 +61,7 @@ from sonic_guard.settings import GenerationSettings  # noqa: E402
 
 logger = logging.getLogger("bench_gpu")
 GIB = 1024**3
-PHASES = ("env", "models", "calibrate", "breakdown", "tightness", "validate", "guard", "duration")
+PHASES = ("env", "models", "calibrate", "breakdown", "tightness", "validate", "guard", "duration", "soak")
 SPEECH = ("Hello there. I am a portrait that learned to talk, and this benchmark keeps me talking for a while, "
           "so that we can see whether memory grows with the length of the audio.")
 MODEL_SETS = ("stable-video-diffusion-img2vid-xt", "whisper-tiny", "Sonic", "RIFE")
@@ -410,7 +411,7 @@ class Bench:
             plan = ExecutionPlan(min_resolution=size, width=width, height=height, inference_steps=1,
                                  dtype="float16" if self.device.type == "cuda" else "float32", **levers)
             estimate = estimator.estimate(plan, exact=True)
-            caps = {"prediction": estimate.peak_bytes, "tensor_peak_plus_5pct": int(estimate.raw_peak_bytes * 1.05),
+            caps = {"prediction": estimate.peak_bytes, "prediction_minus_5pct": int(estimate.peak_bytes * 0.95),
                     "tensor_peak": estimate.raw_peak_bytes}
             for label, cap in caps.items():
                 self.baseline()
@@ -448,6 +449,27 @@ class Bench:
         rows.append(self.job(size, 5, self.args.steps, "off", int(min(self.args.caps) * GIB)))
         return rows
 
+    def phase_soak(self) -> dict[str, Any]:
+        size = min(self.args.sizes)
+        readings = []
+        for index in range(self.args.soak_runs):
+            row = self.job(size, 5, 1, "auto")
+            self.baseline()
+            reading = {"run": index, "ok": "error" not in row, "wall_s": row["wall_s"]}
+            if self.device.type == "cuda":
+                free, total = torch.cuda.mem_get_info(self.device)
+                reading.update({"allocated_bytes": torch.cuda.memory_allocated(self.device),
+                                "reserved_bytes": torch.cuda.memory_reserved(self.device),
+                                "device_used_bytes": total - free})
+            readings.append(reading)
+        out: dict[str, Any] = {"runs": len(readings), "all_ok": all(r["ok"] for r in readings),
+                               "readings": readings}
+        if self.device.type == "cuda" and readings:
+            first, last = readings[0], readings[-1]
+            out["allocated_growth_bytes"] = last["allocated_bytes"] - first["allocated_bytes"]
+            out["device_used_growth_bytes"] = last["device_used_bytes"] - first["device_used_bytes"]
+        return out
+
     def phase_duration(self) -> dict[str, Any]:
         size = min(self.args.sizes) if self.args.tiny else 512
         short, long = (self.job(size, seconds, 1, "auto") for seconds in (5, 60))
@@ -466,6 +488,7 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 768, 1024])
     parser.add_argument("--caps", type=float, nargs="+", default=[12.0, 8.0], help="GiB caps for the guard phase")
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--soak-runs", type=int, default=10)
     parser.add_argument("--audio-dir", type=Path, default=REPO / ".gpu")
     parser.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "sonic-full-random")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gpu.json")

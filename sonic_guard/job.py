@@ -22,6 +22,7 @@ from .guarded_run import OomRetry, run_with_oom_recovery
 from .image_prep import PreparedReference, prepare_reference
 from .long_audio import generate_segmented
 from .memory.estimator import MemoryEstimator
+from .memory.free_memory import device_label
 from .memory.history import RunHistory
 from .memory.model_specs import ModelConfigs
 from .memory.plan import ExecutionPlan, RunRequest
@@ -197,13 +198,6 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
     return JobOutcome(result=result, report=report)
 
 
-def device_label(device: torch.device) -> str:
-    """How history groups runs: the GPU model (calibration is per kind of device), else the device type."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return device.type
-
-
 def history_entry(report: dict[str, Any], decision: PlanDecision, plan: ExecutionPlan, device: torch.device
                   ) -> RunReport:
     frames = max(1, round(report["audio_seconds"] * 12.5))
@@ -211,9 +205,15 @@ def history_entry(report: dict[str, Any], decision: PlanDecision, plan: Executio
     calls_per_window = 3 // plan.cfg_batch if plan.cfg_batch in (1, 3) else 2
     stage_seconds = dict(report["stage_seconds"])
     stage_seconds["unet"] = stage_seconds.get("sampling", 0.0)
+    # The simulation describes the planned run; after an OOM retry the measured run is another plan, so it
+    # carries no simulated peak and does not enter the allocator calibration.
+    estimate = decision.estimate if plan == decision.plan else None
+    peak_stage = estimate.stages[estimate.dominant_stage] if estimate else None
     return RunReport(
         plan=report["plan"], predicted_peak_bytes=report["predicted_peak_bytes"],
-        raw_predicted_bytes=decision.estimate.raw_peak_bytes, measured_peak_bytes=report["measured_peak_bytes"],
+        raw_predicted_bytes=estimate.raw_peak_bytes if estimate else 0,
+        raw_weight_bytes=peak_stage.weights_bytes if peak_stage else 0,
+        measured_peak_bytes=report["measured_peak_bytes"],
         free_before_bytes=report["free_bytes_before"], levers_applied=report["levers_applied"],
         downgrades=report["downgrades"], retries=len(report["retries"]), stage_seconds=stage_seconds,
         hardware={"device": device_label(device)}, unet_calls=windows * plan.inference_steps * calls_per_window,

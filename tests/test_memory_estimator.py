@@ -94,5 +94,21 @@ def test_calibration_adds_fixed_and_proportional_overhead() -> None:
     calibration = AllocatorCalibration(fixed_bytes=1000, fragmentation=0.5)
     fresh = MemoryEstimator(ModelConfigs.tiny(), calibration)
     estimate = fresh.estimate(ExecutionPlan(width=128, height=128), free_bytes=10**12)
-    assert estimate.peak_bytes == estimate.raw_peak_bytes + 1000 + int(estimate.raw_peak_bytes * 0.5)
+    # fragmentation applies to each stage's activations, not to the weights resident beside them
+    expected = max(s.peak_bytes + 1000 + int(s.activation_bytes * 0.5) for s in estimate.stages.values())
+    assert estimate.peak_bytes == expected
+    unet = estimate.stages["unet_window"]
+    assert expected < estimate.raw_peak_bytes + 1000 + int(estimate.raw_peak_bytes * 0.5)
+    assert unet.weights_bytes > 0
     assert estimate.fits is True
+
+
+def test_default_overhead_follows_the_cuda_allocator_kind() -> None:
+    from sonic_guard.memory.free_memory import cuda_allocator_kind
+
+    native = MemoryEstimator(ModelConfigs.tiny(), allocator="native").calibration
+    pooled = MemoryEstimator(ModelConfigs.tiny(), allocator="cudaMallocAsync").calibration
+    assert native.fragmentation > pooled.fragmentation > 0
+    assert "native" in native.source and "cudaMallocAsync" in pooled.source
+    assert cuda_allocator_kind({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}) == "expandable_segments"
+    assert cuda_allocator_kind({}) == "native"

@@ -44,4 +44,4 @@ def test_device_attention_backends_and_cpu_defaults() -> None:
     assert device_attention_backends("mps") == ("math",)
     cpu = MemoryEstimator(ModelConfigs.tiny(), device_type="cpu")
     assert cpu.block == 1 and cpu.calibration.overhead(10**9) == 0
-    assert MemoryEstimator(ModelConfigs.tiny()).calibration.source == "uncalibrated"
+    assert MemoryEstimator(ModelConfigs.tiny()).calibration.source.startswith("uncalibrated")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import subprocess
 import sys
 import threading
@@ -71,9 +73,11 @@ def test_calibration_and_time_model_fit_recorded_runs(tmp_path: Path) -> None:
     history = RunHistory(tmp_path / "h.sqlite")
     assert history.calibration().source == "uncalibrated"
     assert history.time_model().source == "uncalibrated"
-    # measured = 300 MiB + 1.05 x simulated, at three sizes
-    for raw in (2 * GIB, 6 * GIB, 12 * GIB):
-        history.record(report(0, raw=raw, measured=int(300 * 2**20 + 1.05 * raw)))
+    # measured = 3 GiB of weights + 300 MiB + 1.05 x the simulated activations, at three sizes
+    weights = 3 * GIB
+    for activations in (2 * GIB, 6 * GIB, 12 * GIB):
+        run = report(0, raw=weights + activations, measured=int(weights + 300 * 2**20 + 1.05 * activations))
+        history.record(dataclasses.replace(run, raw_weight_bytes=weights))
     calibration = history.calibration()
     assert abs(calibration.fixed_bytes - 300 * 2**20) < 2**20
     assert abs(calibration.fragmentation - 0.05) < 1e-3

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -22,7 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..models.unet import build_sonic_unet
 from .calibration import AllocatorCalibration
 from .estimator import MemoryEstimator
-from .free_memory import torch_free_memory
+from .free_memory import cuda_allocator_kind, device_label, torch_free_memory
 from .history import RunHistory
 from .model_specs import ModelConfigs
 from .plan import ExecutionPlan
@@ -47,8 +46,8 @@ def calibrate_on_device(history: RunHistory, device: str = "cuda", *, sizes: Seq
     target = torch.device("cuda", target.index if target.index is not None else torch.cuda.current_device())
     configs = configs or ModelConfigs.full_size()
     estimator = MemoryEstimator(configs, AllocatorCalibration(0, 0.0, "raw"))
-    name = torch.cuda.get_device_name(target)
-    allocator = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") or "native"
+    name = device_label(target)
+    allocator = cuda_allocator_kind()
     for size in sizes:
         plan = ExecutionPlan(min_resolution=size, width=size, height=size, cfg_batch=1, ff_chunk=4,
                              attention=attention, offload_idle_models=True)
@@ -61,7 +60,8 @@ def calibrate_on_device(history: RunHistory, device: str = "cuda", *, sizes: Seq
         logger.info("calibration %s %dpx (%s): simulated %d B, least memory needed %s B", name, size, allocator,
                     raw, needed)
         history.record(RunReport(
-            plan=plan.to_dict(), predicted_peak_bytes=raw, raw_predicted_bytes=raw, measured_peak_bytes=needed,
+            plan=plan.to_dict(), predicted_peak_bytes=raw, raw_predicted_bytes=raw, raw_weight_bytes=unet_bytes,
+            measured_peak_bytes=needed,
             free_before_bytes=free_before, levers_applied=list(plan.levers_applied),
             hardware={"device_name": name, "torch": torch.__version__, "allocator": allocator},
             outcome="calibration",

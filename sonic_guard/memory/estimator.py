@@ -17,6 +17,7 @@ import torch
 from . import stages
 from .attention_model import O_TOKENS_BACKENDS
 from .calibration import AllocatorCalibration, default_calibration
+from .free_memory import cuda_allocator_kind
 from .model_specs import MetaModels, ModelConfigs
 from .plan import ExecutionPlan, MemoryEstimate, StageEstimate
 from .tracker import CUDA_BLOCK_BYTES
@@ -59,14 +60,19 @@ class MemoryEstimator:
     """Simulates each stage of a plan once per shape; `estimate(plan)` gives the whole run's prediction."""
 
     def __init__(self, configs: ModelConfigs | None = None, calibration: AllocatorCalibration | None = None,
-                 *, block: int | None = None, area_scaling: bool = True, device_type: str = "cuda") -> None:
-        """`device_type` picks defaults: CUDA rounds allocations to 512 B; the CPU allocator does not round."""
+                 *, block: int | None = None, area_scaling: bool = True, device_type: str = "cuda",
+                 allocator: str | None = None) -> None:
+        """`device_type` picks defaults: CUDA rounds allocations to 512 B; the CPU allocator does not round.
+        `allocator` (CUDA): the allocator kind the default overhead is for; None asks torch."""
         self.configs = configs or ModelConfigs.full_size()
         self.device_type = device_type
         self.area_scaling = area_scaling
         # Exact simulations by shape family (stage key without width/height): the area-scaling fast path.
         self._families: dict[Hashable, tuple[int, int]] = {}
-        self.calibration = calibration or default_calibration(device_type)
+        if calibration is None:
+            kind = allocator or (cuda_allocator_kind() if device_type == "cuda" else "native")
+            calibration = default_calibration(device_type, kind)
+        self.calibration = calibration
         self.block = block if block is not None else (1 if device_type == "cpu" else CUDA_BLOCK_BYTES)
         self.models = MetaModels(self.configs)
         self.cache = StageCache()
@@ -156,8 +162,10 @@ class MemoryEstimator:
             weights = sum(self._model_bytes(name, plan) for name in resident)
             results[stage] = StageEstimate(stage, weights, activation, resident)
         raw = max(s.peak_bytes for s in results.values())
+        # The allocator's overhead grows with each stage's activations (weights pack tightly at load).
+        with_overhead = max(s.peak_bytes + self.calibration.overhead(s.activation_bytes) for s in results.values())
         estimate = MemoryEstimate(
-            stages=results, overhead_bytes=self.calibration.overhead(raw), calibration=self.calibration.source,
+            stages=results, overhead_bytes=with_overhead - raw, calibration=self.calibration.source,
             simulated_seconds=time.perf_counter() - started, cache_hits=hits, free_bytes=free_bytes,
             exact=not scaled,
         )

@@ -8,7 +8,8 @@ figure is host RAM, or the MPS recommended working set, and `notes` say what is 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -17,6 +18,29 @@ import psutil
 import torch
 
 logger = logging.getLogger(__name__)
+
+
+def cuda_allocator_kind(environ: Mapping[str, str] | None = None) -> str:
+    """How torch's CUDA allocator packs memory: "cudaMallocAsync" (ComfyUI's default on CUDA builds),
+    "expandable_segments" or "native". The allocator's overhead differs several-fold between them."""
+    environ = os.environ if environ is None else environ
+    try:
+        backend = torch.cuda.get_allocator_backend()  # reads the configuration; creates no CUDA context
+    except (AttributeError, RuntimeError):
+        backend = "native"
+    if backend != "native":
+        return str(backend)
+    config = ",".join(environ.get(name, "") for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"))
+    if "expandable_segments:true" in config.replace(" ", "").lower():
+        return "expandable_segments"
+    return "native"
+
+
+def device_label(device: torch.device) -> str:
+    """How history groups runs: the GPU model and allocator kind (calibration is per both), else the device type."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({cuda_allocator_kind()})"
+    return device.type
 
 
 @dataclass(frozen=True)

@@ -98,11 +98,17 @@ class RunHistory:
         return [RunReport.from_dict(json.loads(text)) for (text,) in rows]
 
     def calibration(self, device: str | None = None) -> AllocatorCalibration:
-        """Allocator overhead fitted from runs with both a simulated and a measured peak (on `device`)."""
-        query = "SELECT raw_predicted, measured_peak FROM runs WHERE raw_predicted > 0 AND measured_peak > 0"
+        """Allocator overhead fitted from runs with both a simulated and a measured peak (on `device`): the
+        activations (simulated peak minus its weights) against what the run needed beyond those weights."""
+        query = ("SELECT raw_predicted, measured_peak, report FROM runs "
+                 "WHERE raw_predicted > 0 AND measured_peak > 0")
         with self._connect() as conn:
             rows = conn.execute(*self._for_device(query, device)).fetchall()
-        return AllocatorCalibration.fit([(int(p), int(m)) for p, m in rows])
+        samples = []
+        for raw, measured, report in rows:
+            weights = int(json.loads(report).get("raw_weight_bytes") or 0)  # 0 in rows from older versions
+            samples.append((int(raw) - weights, int(measured) - weights))
+        return AllocatorCalibration.fit(samples)
 
     def time_model(self, device: str | None = None) -> TimeModel:
         """UNet seconds per call fitted from runs that recorded UNet time and call shapes (on `device`)."""

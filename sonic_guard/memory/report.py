@@ -18,6 +18,7 @@ class RunReport:
     plan: dict[str, Any]
     predicted_peak_bytes: int
     raw_predicted_bytes: int
+    raw_weight_bytes: int = 0  # weights resident at that peak (fragmentation applies to the rest)
     measured_peak_bytes: int | None = None
     free_before_bytes: int | None = None
     levers_applied: list[str] = field(default_factory=list)
