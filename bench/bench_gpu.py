@@ -241,7 +241,7 @@ class Bench:
             "stage_seconds": report["stage_seconds"], "unet_calls": history.unet_calls,
             "video": report["video"], "dominant_stage": report["dominant_stage"],
         })
-        if report["measured_tensor_peak_bytes"]:
+        if report["measured_tensor_peak_bytes"] and history.raw_predicted_bytes:  # 0 after an OOM retry
             row["tensor_error"] = round(report["measured_tensor_peak_bytes"] / history.raw_predicted_bytes - 1, 4)
             row["reserved_over_prediction"] = round(report["measured_peak_bytes"] / report["predicted_peak_bytes"],
                                                     4)
@@ -462,6 +462,8 @@ class Bench:
                                 "reserved_bytes": torch.cuda.memory_reserved(self.device),
                                 "device_used_bytes": total - free})
             readings.append(reading)
+            self.results["phases"]["soak"] = {"ok": True, "partial": True, "result": {"readings": readings}}
+            self.save()  # a run cut off by a time limit keeps the readings so far
         out: dict[str, Any] = {"runs": len(readings), "all_ok": all(r["ok"] for r in readings),
                                "readings": readings}
         if self.device.type == "cuda" and readings:

@@ -9,8 +9,8 @@ import torch
 
 from ..sonic_guard.errors import SonicGuardError
 from ..sonic_guard.job import model_configs_from_folder, model_configs_of
-from ..sonic_guard.memory.free_memory import device_label
 from ..sonic_guard.memory.estimator import MemoryEstimator
+from ..sonic_guard.memory.free_memory import device_label
 from ..sonic_guard.memory.model_specs import ModelConfigs
 from ..sonic_guard.memory.plan import RunRequest
 from ..sonic_guard.memory.planner import plan_run

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import subprocess
 import sys
 import threading
@@ -104,3 +103,14 @@ def test_cli_prints_history(tmp_path: Path, capsys) -> None:
 def test_device_calibration_refuses_without_cuda(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="CUDA"):
         calibrate_on_device(RunHistory(tmp_path / "h.sqlite"), "cpu")
+
+
+def test_calibration_fit_without_a_usable_line_covers_every_run() -> None:
+    from sonic_guard.memory.calibration import AllocatorCalibration
+
+    # needed/activation falls with size (cudaMallocAsync on an H100): no line with slope >= 1 fits
+    samples = [(int(0.92 * GIB), int(0.985 * GIB)), (int(2.15 * GIB), int(2.24 * GIB)), (int(3.88 * GIB), int(3.92 * GIB))]
+    fitted = AllocatorCalibration.fit(samples)
+    assert "proportional only" in fitted.source
+    for activations, needed in samples:
+        assert fitted.overhead(activations) + activations >= needed
