@@ -109,7 +109,7 @@ def test_calibration_fit_without_a_usable_line_covers_every_run() -> None:
     from sonic_guard.memory.calibration import AllocatorCalibration
 
     # needed/activation falls with size (cudaMallocAsync on an H100): no line with slope >= 1 fits
-    samples = [(int(0.92 * GIB), int(0.985 * GIB)), (int(2.15 * GIB), int(2.24 * GIB)), (int(3.88 * GIB), int(3.92 * GIB))]
+    samples = [(int(a * GIB), int(n * GIB)) for a, n in ((0.92, 0.985), (2.15, 2.24), (3.88, 3.92))]
     fitted = AllocatorCalibration.fit(samples)
     assert "proportional only" in fitted.source
     for activations, needed in samples:
