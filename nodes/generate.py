@@ -75,8 +75,8 @@ class Generate(io.ComfyNode):
                 io.Float.Input("segment_seconds", default=0.0, min=0.0, max=600.0, step=1.0,
                                tooltip="Long audio: generate in segments of this many seconds, joined without a "
                                "visible seam and stitched without re-encoding; a cancelled or crashed run resumes "
-                               "from the finished segments when rerun with the same inputs and seed (set the seed "
-                               "to fixed). 0 = automatic: one clip up to 30 s, 20 s segments above."),
+                               "from the finished segments when rerun with the same inputs and seed (new generators "
+                               "start with the seed fixed). 0 = automatic: one clip up to 30 s, 20 s segments above."),
                 io.Boolean.Input("output_frames", default=False,
                                  tooltip="Also return all frames as IMAGE for downstream nodes. Costs host RAM: "
                                  "about 3 MB per frame at 512², 190 MB per second of video."),

@@ -72,6 +72,13 @@ def test_badge_follows_the_resolution_widget(comfy_server: ComfyServer, page) ->
     assert all(n < 2048 for n in numbers)
 
 
+def test_new_generator_starts_with_a_fixed_seed(page) -> None:
+    """Resuming a long job needs the same seed on the rerun; ComfyUI's default for seeds is "randomize"."""
+    controls = page.evaluate("""() => { const node = LiteGraph.createNode('SonicGuardGenerate'); app.graph.add(node);
+        return node.widgets.filter(w => w.name === 'control_after_generate').map(w => w.value); }""")
+    assert controls == ["fixed"]
+
+
 def test_gpu_readout_is_live(page) -> None:
     page.wait_for_function(
         "() => (document.getElementById('sonic-guard-gpu-readout')?.dataset.source ?? '') === 'health'",
