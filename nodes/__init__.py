@@ -8,13 +8,14 @@ from .comfy_bridge import register_model_folders
 from .generate import Generate
 from .gpu_readout import GpuMemoryReadout
 from .load_audio import LoadAudio
+from .load_image import LoadPortrait
 from .loader import ModelLoader
 from .plan import Plan
 from .profiling_tag import ProfilingTag
 from .routes import register_routes
 from .services import install_services
 
-NODES: list[type[io.ComfyNode]] = [ModelLoader, LoadAudio, Generate, Plan, GpuMemoryReadout, ProfilingTag]
+NODES: list[type[io.ComfyNode]] = [ModelLoader, LoadPortrait, LoadAudio, Generate, Plan, GpuMemoryReadout, ProfilingTag]
 
 
 def _set_up_once() -> None:

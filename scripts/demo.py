@@ -73,7 +73,7 @@ def main() -> int:
     loader = next(n for n in prompt.values() if n["class_type"] == "SonicGuardModelLoader")
     generator = next(n for n in prompt.values() if n["class_type"] == "SonicGuardGenerate")
     loader["inputs"]["model_folder"] = model_name
-    next(n for n in prompt.values() if n["class_type"] == "LoadImage")["inputs"]["image"] = image_name
+    next(n for n in prompt.values() if n["class_type"] == "SonicGuardLoadImage")["inputs"]["image"] = image_name
     next(n for n in prompt.values() if n["class_type"] == "SonicGuardLoadAudio")["inputs"]["audio_file"] = audio_name
     if real:
         logger.info("models: real Sonic weights in %s", model_name)

@@ -80,7 +80,7 @@ def test_overrides_that_match_nothing_say_what_exists() -> None:
     with pytest.raises(WorkflowError, match="exactly one"):
         apply_overrides(core, Overrides(image=Path("a.png")), {"image": "a.png"})
     two = {**workflow, "9": {"class_type": "LoadImage", "inputs": {"image": "b.png"}}}
-    assert find_nodes(two, "LoadImage") == ["2", "9"]
+    assert find_nodes(two, ("SonicGuardLoadImage", "LoadImage")) == ["2", "9"]
     with pytest.raises(WorkflowError, match=r"found 2 \(2, 9\)"):
         apply_overrides(two, Overrides(image=Path("a.png")), {"image": "a.png"})
 

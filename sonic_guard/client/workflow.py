@@ -12,8 +12,8 @@ from typing import Any
 
 from .errors import WorkflowError
 
-# Loader node types whose file input --image / --audio set; the pack's audio loader first, core's works too.
-IMAGE_LOADERS = MappingProxyType({"LoadImage": "image"})
+# Loader node types whose file input --image / --audio set; the pack's loaders first, core's work too.
+IMAGE_LOADERS = MappingProxyType({"SonicGuardLoadImage": "image", "LoadImage": "image"})
 AUDIO_LOADERS = MappingProxyType({"SonicGuardLoadAudio": "audio_file", "LoadAudio": "audio"})
 GENERATOR_TYPES = ("SonicGuardGenerate", "SonicGuardPlan")
 
