@@ -20,6 +20,7 @@ from torch import nn
 
 from ..sonic_guard.errors import BadInputError, CheckpointError
 from ..sonic_guard.models.weight_streaming import stream_weights
+from ..sonic_guard.paths import resolve_user_path
 from .free_memory_override import capped_free_memory
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,29 @@ def resolve_model_root(name: str) -> Path:
 
 def input_directory() -> Path:
     return Path(folder_paths.get_input_directory())
+
+
+def input_files(extensions: tuple[str, ...]) -> list[str]:
+    """Files in ComfyUI's input folder (sub-folders too) with these extensions, as the loaders' combo lists them."""
+    root = input_directory()
+    if not root.is_dir():
+        return []
+    names = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return sorted(name for name in names if name.lower().endswith(extensions))
+
+
+def input_file(name: str) -> Path:
+    """A loader's file, confined to the input folder (`..`, absolute paths and escaping links are refused)."""
+    return resolve_user_path(name, input_directory())
+
+
+def validate_input_file(name: str) -> bool | str:
+    """A loader's `validate_inputs`: True, or the refusal ComfyUI shows before the run."""
+    try:
+        input_file(name)
+    except Exception as error:  # noqa: BLE001 - ComfyUI shows this string as the validation error
+        return str(error)
+    return True
 
 
 def output_directory() -> Path:

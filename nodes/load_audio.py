@@ -6,19 +6,10 @@ import torch
 from comfy_api.latest import io
 
 from ..sonic_guard.audio_input import load_audio_file
-from ..sonic_guard.paths import resolve_user_path
 from . import ids
-from .comfy_bridge import input_directory
+from .comfy_bridge import input_file, input_files, validate_input_file
 
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".opus", ".aac", ".webm", ".mp4")
-
-
-def _audio_files() -> list[str]:
-    root = input_directory()
-    if not root.is_dir():
-        return []
-    names = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    return sorted(name for name in names if name.lower().endswith(AUDIO_EXTENSIONS))
 
 
 class LoadAudio(io.ComfyNode):
@@ -34,7 +25,7 @@ class LoadAudio(io.ComfyNode):
             ),
             inputs=[
                 io.Combo.Input(
-                    "audio_file", options=_audio_files(), upload=io.UploadType.audio,
+                    "audio_file", options=input_files(AUDIO_EXTENSIONS), upload=io.UploadType.audio,
                     tooltip="An audio file in ComfyUI's input folder (upload one with the button).",
                 ),
             ],
@@ -47,15 +38,11 @@ class LoadAudio(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, audio_file: str) -> bool | str:
-        try:
-            resolve_user_path(audio_file, input_directory())
-        except Exception as error:  # noqa: BLE001 - ComfyUI shows this string as the validation error
-            return str(error)
-        return True
+        return validate_input_file(audio_file)
 
     @classmethod
     def execute(cls, audio_file: str) -> io.NodeOutput:
-        loaded = load_audio_file(resolve_user_path(audio_file, input_directory()))
+        loaded = load_audio_file(input_file(audio_file))
         waveform = torch.from_numpy(loaded.original_waveform).float().unsqueeze(0)
         return io.NodeOutput(
             {"waveform": waveform, "sample_rate": loaded.original_sample_rate}, float(loaded.duration_s)

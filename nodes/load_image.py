@@ -7,17 +7,8 @@ import torch
 from comfy_api.latest import io
 
 from ..sonic_guard.image_input import IMAGE_EXTENSIONS, load_image_file
-from ..sonic_guard.paths import resolve_user_path
 from . import ids
-from .comfy_bridge import input_directory
-
-
-def _image_files() -> list[str]:
-    root = input_directory()
-    if not root.is_dir():
-        return []
-    names = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    return sorted(name for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+from .comfy_bridge import input_file, input_files, validate_input_file
 
 
 class LoadPortrait(io.ComfyNode):
@@ -33,7 +24,7 @@ class LoadPortrait(io.ComfyNode):
                 "damaged or non-image files with a message that says how to fix them."
             ),
             inputs=[
-                io.Combo.Input("image", options=_image_files(), upload=io.UploadType.image,
+                io.Combo.Input("image", options=input_files(IMAGE_EXTENSIONS), upload=io.UploadType.image,
                                tooltip="A photo in ComfyUI's input folder (upload one with the button)."),
             ],
             outputs=[
@@ -44,22 +35,18 @@ class LoadPortrait(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, image: str) -> bool | str:
-        try:
-            resolve_user_path(image, input_directory())
-        except Exception as error:  # noqa: BLE001 - ComfyUI shows this string as the validation error
-            return str(error)
-        return True
+        return validate_input_file(image)
 
     @classmethod
     def fingerprint_inputs(cls, image: str) -> str:
         """Re-run when the file changes on disk, not only when another name is picked."""
         try:
-            stat = resolve_user_path(image, input_directory()).stat()
+            stat = input_file(image).stat()
         except Exception:  # noqa: BLE001 - validation reports the problem
             return image
         return f"{image}:{stat.st_size}:{stat.st_mtime_ns}"
 
     @classmethod
     def execute(cls, image: str) -> io.NodeOutput:
-        array, _ = load_image_file(resolve_user_path(image, input_directory()))
+        array, _ = load_image_file(input_file(image))
         return io.NodeOutput(torch.from_numpy(array).float().div_(255.0).unsqueeze(0))

@@ -290,6 +290,8 @@ CASES: tuple[Case, ...] = (
     # paths
     Case("path_dotdot", "path", lambda b: quick_prompt(audio="../../../etc/passwd")),
     Case("path_absolute_outside", "path", lambda b: quick_prompt(audio="/etc/hostname")),
+    Case("path_image_dotdot", "path", lambda b: quick_prompt(image="../../../usr/share/pixmaps/debian-logo.png")),
+    Case("path_image_absolute_outside", "path", lambda b: quick_prompt(image="/etc/hostname")),
     Case("path_symlink_escape", "path", _escape_link),
     Case("path_very_long_name", "path", lambda b: quick_prompt(audio="a" * 300 + ".wav")),
     Case("path_long_name_exists", "path",
