@@ -118,6 +118,7 @@ def soak(server: ComfyServer, runs: int, budget_s: float, clear_history: bool = 
     for seed in range(3):
         valid_run(server, seed)
     baseline = server_resources(server)
+    census_before = server.get_json("/sonic/debug/resources?census=60", timeout=120)["objects"]
     samples = [{"run": 0, **baseline}]
     seconds: list[float] = []
     started = time.monotonic()
@@ -129,7 +130,9 @@ def soak(server: ComfyServer, runs: int, budget_s: float, clear_history: bool = 
             samples.append({"run": len(seconds), **server_resources(server)})
             logger.info("soak %d runs, rss %.1f MiB", len(seconds), samples[-1]["rss_bytes"] / 2**20)
     final = server_resources(server)
+    census_after = server.get_json("/sonic/debug/resources?census=60", timeout=120)["objects"]
     samples.append({"run": len(seconds), **final})
+    growth = {name: census_after.get(name, 0) - census_before.get(name, 0) for name in {*census_before, *census_after}}
     gpu = None
     if final.get("gpu") and baseline.get("gpu"):
         gpu = final["gpu"]["allocated"] - baseline["gpu"]["allocated"]
@@ -147,6 +150,8 @@ def soak(server: ComfyServer, runs: int, budget_s: float, clear_history: bool = 
         "soak_temp_files_after": final["temp_files"],
         "soak_gpu_allocated_growth_bytes": gpu,
         "soak_samples": samples,
+        # Object types whose count grew most (among the 60 most numerous before and after): what a slow leak is.
+        "soak_object_growth": dict(sorted(((k, v) for k, v in growth.items() if v > 0), key=lambda kv: -kv[1])[:15]),
     }
 
 

@@ -81,6 +81,17 @@ def temporary_file_count(folders: list[Path]) -> int:
     return found
 
 
+def object_census(top: int) -> dict[str, int]:
+    """The `top` most numerous kinds of object the garbage collector tracks (type names and counts only): two
+    censuses a few hundred runs apart show what a slow leak is made of."""
+    counts: dict[str, int] = {}
+    for obj in gc.get_objects():
+        kind = type(obj)
+        name = f"{kind.__module__}.{kind.__qualname__}"
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1])[:top])
+
+
 def gpu_allocator_bytes() -> dict[str, int] | None:
     """torch's CUDA allocator figures on the current device, or None without a GPU."""
     if not torch.cuda.is_available() or not torch.cuda.is_initialized():
@@ -88,12 +99,15 @@ def gpu_allocator_bytes() -> dict[str, int] | None:
     return {"allocated": int(torch.cuda.memory_allocated()), "reserved": int(torch.cuda.memory_reserved())}
 
 
-def resource_snapshot(temporary_folders: list[Path], trim: bool = False) -> dict[str, Any]:
-    """Counts and bytes only; with `trim`, freed heap pages go back to the OS before RSS is read."""
+def resource_snapshot(temporary_folders: list[Path], trim: bool = False, census: int = 0) -> dict[str, Any]:
+    """Counts and bytes only; with `trim`, freed heap pages go back to the OS before RSS is read; with `census`,
+    the most numerous object types too."""
     tensors, tensor_bytes = live_tensor_stats()  # collects garbage first
     if trim:
         trim_heap()
+    extra = {"objects": object_census(census)} if census > 0 else {}
     return {
+        **extra,
         "pid": os.getpid(),
         "rss_bytes": process_rss_bytes(),
         "threads": threading.active_count(),
@@ -117,7 +131,8 @@ def trim_heap() -> bool:
 
 
 def register_diagnostics(routes: web.RouteTableDef, temporary_folders: Callable[[], list[Path]]) -> None:
-    """Add GET /sonic/debug/resources (?trim=1 trims the heap first) to ComfyUI's route table; call once.
+    """Add GET /sonic/debug/resources (?trim=1 trims the heap first, ?census=N adds the N most numerous object
+    types) to ComfyUI's route table; call once.
 
     `temporary_folders` names the folders whose half-written files count as leftovers (ComfyUI's output folder,
     which holds the job folders too).
@@ -125,7 +140,12 @@ def register_diagnostics(routes: web.RouteTableDef, temporary_folders: Callable[
 
     async def resources(request: web.Request) -> web.Response:
         trim = request.query.get("trim") == "1"
-        snapshot = await asyncio.to_thread(resource_snapshot, temporary_folders(), trim)
+        try:
+            census = min(200, max(0, int(request.query.get("census", "0"))))
+        except ValueError:
+            return web.json_response({"error": "census must be a whole number of object types, e.g. ?census=30"},
+                                     status=400)
+        snapshot = await asyncio.to_thread(resource_snapshot, temporary_folders(), trim, census)
         return web.json_response(snapshot, headers={"Cache-Control": "no-store"})
 
     routes.get("/sonic/debug/resources")(resources)

@@ -76,3 +76,14 @@ def test_after_bad_inputs_the_server_runs_and_returns_to_baseline(comfy_server: 
         # what the refused inputs carried would be images, audio or weights: megabytes.
         assert after["live_tensors"] <= baseline["live_tensors"] + TENSOR_SLACK, (baseline, after)
         assert after["live_tensor_bytes"] <= baseline["live_tensor_bytes"] + TENSOR_BYTES_SLACK, (baseline, after)
+
+
+def test_resource_route_counts_object_types_on_request(comfy_server: ComfyServer) -> None:
+    import urllib.error
+
+    snapshot = comfy_server.get_json("/sonic/debug/resources?census=5", timeout=60)
+    assert len(snapshot["objects"]) == 5 and all(isinstance(n, int) and n > 0 for n in snapshot["objects"].values())
+    assert "objects" not in comfy_server.get_json("/sonic/debug/resources", timeout=60)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        comfy_server.get_json("/sonic/debug/resources?census=lots", timeout=60)
+    assert refused.value.code == 400 and b"whole number" in refused.value.read()
