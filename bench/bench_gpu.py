@@ -54,6 +54,7 @@ import torch  # noqa: E402
 from sonic_guard.audio_input import LoadedAudio, audio_from_comfy, fit_duration  # noqa: E402
 from sonic_guard.job import JobEnvironment, JobRequest, model_configs_of, run_job  # noqa: E402
 from sonic_guard.memory.estimator import MemoryEstimator  # noqa: E402
+from sonic_guard.memory.free_memory import device_memory_cap  # noqa: E402
 from sonic_guard.memory.history import RunHistory  # noqa: E402
 from sonic_guard.models.checkpoints import SonicModelSet, load_sonic_models  # noqa: E402
 from sonic_guard.runtime import DevicePlacer  # noqa: E402
@@ -133,7 +134,6 @@ def _site(frames: list[dict[str, Any]]) -> str:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        # An indexed device: torch.cuda.set_per_process_memory_fraction refuses a bare "cuda".
         self.device = torch.device("cpu") if args.tiny else torch.device("cuda", torch.cuda.current_device())
         self.work = Path(tempfile.mkdtemp(prefix="sonic_gpu_bench_"))
         self.history = RunHistory(self.work / "history.sqlite")
@@ -209,19 +209,14 @@ class Bench:
         request = JobRequest(image=data.astronaut(), audio=load_speech(self.args.audio_dir, seconds),
                              settings=settings, output_path=self.work / f"run_{size}_{seconds}_{policy}.mp4",
                              policy=policy)
-        if self.device.type == "cuda" and cap_bytes is not None:
-            total = torch.cuda.get_device_properties(self.device).total_memory
-            torch.cuda.set_per_process_memory_fraction(cap_bytes / total, self.device)
         started = time.perf_counter()
         try:
-            report = run_job(models, request, env).report
+            with device_memory_cap(self.device, cap_bytes):
+                report = run_job(models, request, env).report
             error = None
         except Exception as exc:  # recorded, not raised: one failed run must not lose the others' figures
             report, error = {}, f"{type(exc).__name__}: {str(exc)[:600]}"
             logger.exception("run %dpx %ds %s failed", size, seconds, policy)
-        finally:
-            if self.device.type == "cuda":
-                torch.cuda.set_per_process_memory_fraction(1.0, self.device)
         row: dict[str, Any] = {"size": size, "audio_s": seconds, "steps": steps, "policy": policy,
                                "cap_gib": gib(cap_bytes), "wall_s": round(time.perf_counter() - started, 2)}
         if error:
@@ -420,19 +415,14 @@ class Bench:
                 row: dict[str, Any] = {"plan": name, "size": size, "cap": label, "cap_gib": gib(cap),
                                        "predicted_gib": gib(estimate.peak_bytes),
                                        "tensor_peak_gib": gib(estimate.raw_peak_bytes)}
-                if self.device.type == "cuda":
-                    total = torch.cuda.get_device_properties(self.device).total_memory
-                    torch.cuda.set_per_process_memory_fraction(cap / total, self.device)
                 try:
-                    generate(models, reference, audio, settings, plan, self.work / f"tight_{name}_{label}.mp4",
-                             device=self.device, placer=placer)
+                    with device_memory_cap(self.device, cap):
+                        generate(models, reference, audio, settings, plan,
+                                 self.work / f"tight_{name}_{label}.mp4", device=self.device, placer=placer)
                     row["finished"] = True
                 except torch.OutOfMemoryError as exc:
                     row["finished"] = False
                     row["oom"] = str(exc)[:200]
-                finally:
-                    if self.device.type == "cuda":
-                        torch.cuda.set_per_process_memory_fraction(1.0, self.device)
                 if self.device.type == "cuda":
                     row["allocated_peak_gib"] = gib(torch.cuda.max_memory_allocated(self.device))
                     row["reserved_peak_gib"] = gib(torch.cuda.max_memory_reserved(self.device))

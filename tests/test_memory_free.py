@@ -45,3 +45,12 @@ def test_device_attention_backends_and_cpu_defaults() -> None:
     cpu = MemoryEstimator(ModelConfigs.tiny(), device_type="cpu")
     assert cpu.block == 1 and cpu.calibration.overhead(10**9) == 0
     assert MemoryEstimator(ModelConfigs.tiny()).calibration.source.startswith("uncalibrated")
+
+
+def test_device_memory_cap_is_a_no_op_off_cuda() -> None:
+    from sonic_guard.memory.free_memory import device_memory_cap
+
+    with device_memory_cap("cpu", 1024):
+        assert torch.ones(4096).sum().item() == 4096  # the CPU is not capped
+    with device_memory_cap("cuda", None):
+        pass  # no cap asked: nothing touches CUDA (none here)

@@ -21,7 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..models.unet import build_sonic_unet
 from .calibration import AllocatorCalibration
 from .estimator import MemoryEstimator
-from .free_memory import cuda_allocator_kind, device_label, torch_free_memory
+from .free_memory import cuda_allocator_kind, device_label, device_memory_cap, torch_free_memory
 from .history import RunHistory
 from .model_specs import ModelConfigs
 from .plan import ExecutionPlan
@@ -72,19 +72,17 @@ def calibrate_on_device(history: RunHistory, device: str = "cuda", *, sizes: Seq
 def least_memory_needed(run: Callable[[], object], device: torch.device, *, low: int, high: int,
                         resolution: int = 64 * MIB) -> int | None:
     """Smallest per-process memory cap (bytes) under which `run` finishes, by bisection; None if `high` fails."""
-    total = torch.cuda.get_device_properties(device).total_memory
 
     def finishes_under(cap: int) -> bool:
         gc.collect()
         torch.cuda.empty_cache()
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
         try:
-            run()
+            with device_memory_cap(device, cap):
+                run()
             return True
         except torch.OutOfMemoryError:
             return False
         finally:
-            torch.cuda.set_per_process_memory_fraction(1.0, device)
             gc.collect()
             torch.cuda.empty_cache()
 

@@ -119,6 +119,24 @@ class PeakReading:
 
 
 @contextmanager
+def device_memory_cap(device: str | torch.device, cap_bytes: int | None) -> Iterator[None]:
+    """Hold this process's CUDA allocator to `cap_bytes` (a real OOM beyond it) while the block runs: how a
+    smaller GPU is reproduced for calibration and benchmarks. No-op for None or a non-CUDA device."""
+    device = torch.device(device)
+    if cap_bytes is None or device.type != "cuda":
+        yield
+        return
+    if device.index is None:  # set_per_process_memory_fraction refuses a bare "cuda"
+        device = torch.device("cuda", torch.cuda.current_device())
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_bytes / total), device)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+
+
+@contextmanager
 def measure_device_peak(device: str | torch.device) -> Iterator[PeakReading]:
     """Measure a block's peak device memory (CUDA: the caching allocator's peaks since entry)."""
     device = torch.device(device)
