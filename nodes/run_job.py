@@ -16,7 +16,7 @@ from ..sonic_guard.job import JobEnvironment, JobRequest, run_job
 from ..sonic_guard.runtime import RunHooks
 from ..sonic_guard.segments import job_fingerprint, tensor_sha256
 from ..sonic_guard.settings import GenerationSettings
-from ..sonic_guard.telemetry.tags import run_tags
+from ..sonic_guard.telemetry.tags import plan_tags, run_tags
 from . import comfy_bridge as comfy
 from .model_handle import SonicModelHandle
 from .planning import estimator_for, resolve_widgets
@@ -62,7 +62,7 @@ def run_generate_node(node_cls: type, handle: SonicModelHandle, image: torch.Ten
                 handle.patchers, offload_idle=plan.offload_idle_models, stream_unet=plan.unet_weight_offload
             ),
             hooks=hooks,
-            on_event=lambda event, data: notify(event, data),
+            on_event=lambda event, data: _on_event(observer, event, data),
             history=services().history,
         )
         job = JobRequest(
@@ -90,6 +90,14 @@ def run_generate_node(node_cls: type, handle: SonicModelHandle, image: torch.Ten
         InputImpl.VideoFromFile(str(output_path)), frames, audio_out, float(result.fps), report_json,
         ui={"images": [saved], "animated": (True,), "text": (summary_line(report), report_json)},
     )
+
+
+def _on_event(observer, event: str, data: dict) -> None:
+    """The planned size retags the run's profiles; the other events go to the editor (toasts)."""
+    if event == "planned":
+        observer.retag(plan_tags(data["width"], data["height"], data["inference_steps"]))
+    else:
+        notify(event, data)
 
 
 def summary_line(report: dict[str, Any]) -> str:

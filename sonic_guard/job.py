@@ -74,6 +74,7 @@ class JobEnvironment:
     estimator: MemoryEstimator
     placer_for: Callable[[ExecutionPlan], ModelPlacer] | None = None
     hooks: RunHooks = field(default_factory=RunHooks)
+    # "planned" (size and steps of each attempt), "downgraded", "oom_recovered"
     on_event: Callable[[str, dict], None] = lambda event, data: None
     max_retries: int = 3
     history: RunHistory | None = None  # calibrates the time model; every finished run is recorded in it
@@ -163,6 +164,8 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
                 job.image, min_resolution=plan.min_resolution, expand_ratio=settings.expand_ratio,
                 crop=settings.crop_face, detector=detector,
             )
+        # What runs now (after levers, downgrades and retries): the host retags profiles with it.
+        env.on_event("planned", {"width": plan.width, "height": plan.height, "inference_steps": plan.inference_steps})
         run_settings = replace(settings, min_resolution=plan.min_resolution, inference_steps=plan.inference_steps)
         hooks = replace(env.hooks, observer=tracker)
         placer = env.placer_for(plan) if env.placer_for else None

@@ -56,8 +56,16 @@ class InjectOom:
         return self.clock.seconds
 
 
-def environment(models, free_bytes: int, observer=None) -> tuple[JobEnvironment, list[str]]:
+def _record(events: list[str], planned: list[dict], event: str, data: dict) -> None:
+    events.append(event)
+    if event == "planned":
+        planned.append(data)
+
+
+def environment(models, free_bytes: int, observer=None, planned: list[dict] | None = None
+                ) -> tuple[JobEnvironment, list[str]]:
     events: list[str] = []
+    planned = planned if planned is not None else []
     released: list[int] = []
     env = JobEnvironment(
         device=torch.device("cpu"),
@@ -66,7 +74,7 @@ def environment(models, free_bytes: int, observer=None) -> tuple[JobEnvironment,
         release_memory=lambda: released.append(1),
         estimator=MemoryEstimator(model_configs_of(models)),
         hooks=RunHooks(observer=observer or StageClock()),
-        on_event=lambda event, data: events.append(event),
+        on_event=lambda event, data: _record(events, planned, event, data),
     )
     return env, events
 
@@ -94,8 +102,12 @@ def test_oom_in_any_stage_is_recovered_with_the_next_rung(models, short_speech, 
 
 
 def test_plan_is_reported_and_fits(models, short_speech, tmp_path: Path) -> None:
-    env, events = environment(models, 64 * GIB)
+    planned: list[dict] = []
+    env, events = environment(models, 64 * GIB, planned=planned)
     report = run_job(models, job(tmp_path, short_speech), env).report
+    # The host hears the size and steps that actually run (profiling tags follow them).
+    plan = report["plan"]
+    assert planned == [{"width": plan["width"], "height": plan["height"], "inference_steps": plan["inference_steps"]}]
     assert report["predicted_peak_bytes"] > 0
     assert report["free_bytes_before"] == 64 * GIB
     assert report["plan"]["min_resolution"] == 128

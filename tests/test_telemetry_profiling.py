@@ -241,3 +241,18 @@ if __name__ == "__main__":
     result = scenario(sys.argv[1])
     result["finished_at"] = time.time()
     print(json.dumps(result), flush=True)
+
+
+def test_retag_moves_later_stages_to_the_planned_size() -> None:
+    from sonic_guard.errors import TagError
+    from sonic_guard.telemetry import Telemetry
+    from sonic_guard.telemetry.stages import Stage
+    from sonic_guard.telemetry.tags import plan_tags, run_tags
+
+    requested = run_tags(duration_s=5, width=1024, height=1024, inference_steps=25, user_tags={"team": "a"})
+    observer = Telemetry().run(requested)
+    observer.retag(plan_tags(704, 896, 20))
+    assert dict(observer.tag_items[Stage.DECODE]) == {
+        "duration": "5s", "resolution": "704x896", "inference_steps": "20", "team": "a", "stage": "decode"}
+    with pytest.raises(TagError):
+        observer.retag({"resolution": "a b"})

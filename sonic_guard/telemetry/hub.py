@@ -68,6 +68,11 @@ class RunObserver:
     def stage(self, name: str | Stage) -> AbstractContextManager[None]:
         return _ObservedStage(self, parse_stage(name))
 
+    def retag(self, updates: Mapping[str, str]) -> None:
+        """Replace some run tags for the stages that start from now on (the planned size once it is known)."""
+        self.tags = check_run_tags({**self.tags, **updates})
+        self.tag_items = {stage: stage_tag_items(stage, self.tags) for stage in Stage}
+
     def stage_seconds(self) -> dict[str, float]:
         return self.recorder.seconds()
 

@@ -144,6 +144,11 @@ def duration_bucket(seconds: float) -> str:
     return f"over{DURATION_BUCKETS_S[-1]}s"
 
 
+def plan_tags(width: int, height: int, inference_steps: int) -> dict[str, str]:
+    """The run tags that follow the memory plan: the frame size and steps actually run (after any downgrade)."""
+    return {"resolution": f"{int(width)}x{int(height)}", "inference_steps": str(int(inference_steps))}
+
+
 def run_tags(
     *,
     duration_s: float,
@@ -153,10 +158,6 @@ def run_tags(
     user_tags: Mapping[str, object] | None = None,
 ) -> dict[str, str]:
     """The tags every stage of one run carries: duration bucket, resolution, steps, validated user tags."""
-    tags = {
-        "duration": duration_bucket(duration_s),
-        "resolution": f"{int(width)}x{int(height)}",
-        "inference_steps": str(int(inference_steps)),
-    }
+    tags = {"duration": duration_bucket(duration_s), **plan_tags(width, height, inference_steps)}
     tags.update(validate_tags(user_tags))
     return tags
