@@ -27,7 +27,8 @@ from .unet import SVD_XT_UNET_CONFIG, build_sonic_unet
 logger = logging.getLogger(__name__)
 
 
-def _half_state(module: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _cpu_state(module: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The state dict on the CPU in `dtype` (fp16 by default: half the disk and write time)."""
     return {key: value.to("cpu", dtype) for key, value in module.state_dict().items()}
 
 
@@ -35,11 +36,11 @@ def _write_sonic_files(root: Path, build_device: torch.device, dtype: torch.dtyp
     sonic = root / "Sonic"
     sonic.mkdir(parents=True, exist_ok=True)
     unet = build_sonic_unet(SVD_XT_UNET_CONFIG, device=build_device, dtype=dtype)
-    torch.save(_half_state(unet, dtype), sonic / "unet.pth")
+    torch.save(_cpu_state(unet, dtype), sonic / "unet.pth")
     del unet
     token, bucket = AUDIO_ADAPTERS_CONFIG["token"], AUDIO_ADAPTERS_CONFIG["bucket"]
-    torch.save(_half_state(AudioTokenProjector(**token), dtype), sonic / "audio2token.pth")
-    torch.save(_half_state(MotionBucketPredictor(**bucket), dtype), sonic / "audio2bucket.pth")
+    torch.save(_cpu_state(AudioTokenProjector(**token), dtype), sonic / "audio2token.pth")
+    torch.save(_cpu_state(MotionBucketPredictor(**bucket), dtype), sonic / "audio2bucket.pth")
     (root / "RIFE").mkdir(parents=True, exist_ok=True)
     rife = {"module." + key: value for key, value in IFNet().state_dict().items()}
     torch.save(rife, root / "RIFE" / "flownet.pkl")
