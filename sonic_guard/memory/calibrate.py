@@ -19,7 +19,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..models.unet import build_sonic_unet
-from .calibration import AllocatorCalibration
+from .calibration import MIB, AllocatorCalibration
 from .estimator import MemoryEstimator
 from .free_memory import cuda_allocator_kind, device_label, device_memory_cap, torch_free_memory
 from .history import RunHistory
@@ -33,9 +33,6 @@ _BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "mem_efficient": SDPBackend.EF
              "math": SDPBackend.MATH}
 
 
-MIB = 1024**2
-
-
 def calibrate_on_device(history: RunHistory, device: str = "cuda", *, sizes: Sequence[int] = (512, 768),
                         configs: ModelConfigs | None = None, attention: str = "flash",
                         resolution_bytes: int = 64 * MIB) -> AllocatorCalibration:
@@ -43,7 +40,6 @@ def calibrate_on_device(history: RunHistory, device: str = "cuda", *, sizes: Seq
     target = torch.device(device)
     if target.type != "cuda":
         raise ValueError(f"allocator calibration needs a CUDA device, got {target.type!r}")
-    target = torch.device("cuda", target.index if target.index is not None else torch.cuda.current_device())
     configs = configs or ModelConfigs.full_size()
     estimator = MemoryEstimator(configs, AllocatorCalibration(0, 0.0, "raw"))
     name = device_label(target)

@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import psutil
@@ -98,26 +98,6 @@ def probe_from_callable(get_free: Callable[[], int], device: str, source: str) -
     return probe
 
 
-@dataclass
-class PeakReading:
-    """Filled in when a `measure_device_peak` block ends."""
-
-    device: str
-    free_before_bytes: int | None = None
-    allocated_before_bytes: int | None = None
-    reserved_before_bytes: int | None = None
-    peak_allocated_bytes: int | None = None  # absolute: includes weights already resident at entry
-    peak_reserved_bytes: int | None = None  # absolute; compare with the prediction (it includes fragmentation)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def run_peak_bytes(self) -> int | None:
-        """Reserved peak added by the block: compare with a prediction when the block also loads the models."""
-        if self.peak_reserved_bytes is None or self.reserved_before_bytes is None:
-            return None
-        return self.peak_reserved_bytes - self.reserved_before_bytes
-
-
 @contextmanager
 def device_memory_cap(device: str | torch.device, cap_bytes: int | None) -> Iterator[None]:
     """Hold this process's CUDA allocator to `cap_bytes` (a real OOM beyond it) while the block runs: how a
@@ -134,25 +114,3 @@ def device_memory_cap(device: str | torch.device, cap_bytes: int | None) -> Iter
         yield
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
-
-
-@contextmanager
-def measure_device_peak(device: str | torch.device) -> Iterator[PeakReading]:
-    """Measure a block's peak device memory (CUDA: the caching allocator's peaks since entry)."""
-    device = torch.device(device)
-    reading = PeakReading(str(device))
-    if device.type != "cuda":
-        reading.notes.append(f"no allocator-level peak on {device.type}; measured peak not available")
-        yield reading
-        return
-    torch.cuda.synchronize(device)
-    reading.free_before_bytes = torch_free_memory(device).free_bytes
-    reading.allocated_before_bytes = int(torch.cuda.memory_allocated(device))
-    reading.reserved_before_bytes = int(torch.cuda.memory_reserved(device))
-    torch.cuda.reset_peak_memory_stats(device)
-    try:
-        yield reading
-    finally:
-        torch.cuda.synchronize(device)
-        reading.peak_allocated_bytes = int(torch.cuda.max_memory_allocated(device))
-        reading.peak_reserved_bytes = int(torch.cuda.max_memory_reserved(device))
