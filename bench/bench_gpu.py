@@ -194,8 +194,8 @@ class Bench:
             device=device, free_memory=free_memory,
             is_oom=lambda error: isinstance(error, torch.OutOfMemoryError), release_memory=release,
             estimator=estimator, history=self.history,
-            placer_for=lambda plan: DevicePlacer(device, offload_idle=plan.offload_idle_models,
-                                                 stream_unet=plan.unet_weight_offload),
+            placer_for=lambda plan, estimate, adjust: DevicePlacer(
+                device, offload_idle=plan.offload_idle_models, stream_unet=plan.unet_weight_offload),
         )
 
     def job(self, size: int, seconds: int, steps: int, policy: str, cap_bytes: int | None = None) -> dict[str, Any]:

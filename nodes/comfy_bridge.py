@@ -7,8 +7,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import comfy.model_management as model_management
@@ -19,9 +19,19 @@ import torch
 from torch import nn
 
 from ..sonic_guard.errors import BadInputError, CheckpointError
+from ..sonic_guard.memory.free_memory_cap import capped_free_memory, free_memory_cap
+from ..sonic_guard.memory.plan import MemoryEstimate
+from ..sonic_guard.memory.room import (
+    DeviceRoom,
+    Eviction,
+    HeldModel,
+    device_room,
+    evictions_between,
+    stage_activation_bytes,
+    stage_room_bytes,
+)
 from ..sonic_guard.models.weight_streaming import stream_weights
 from ..sonic_guard.paths import resolve_user_path
-from .free_memory_override import capped_free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +136,53 @@ def compute_device() -> torch.device:
     return model_management.get_torch_device()
 
 
-def free_memory_bytes(device: torch.device) -> int:
-    """ComfyUI's own figure (device-free plus torch's idle cache), lowered to SONIC_GUARD_FREE_MEMORY_BYTES when
-    that is set (a GPU shared with other programs)."""
-    return capped_free_memory(int(model_management.get_free_memory(device)))
+def held_models(device: torch.device, ours: Iterable[comfy.model_patcher.ModelPatcher] = ()) -> list[HeldModel]:
+    """The models ComfyUI's model management holds on `device`, with their loaded bytes."""
+    own = {id(patcher) for patcher in ours}
+    held = []
+    for loaded in model_management.current_loaded_models:
+        patcher = loaded.model
+        if patcher is None or loaded.device != device:
+            continue
+        inner = getattr(patcher.model, "inner", patcher.model)  # our PatchedModule holder: name what it holds
+        held.append(HeldModel(id(loaded), type(inner).__name__, int(loaded.model_loaded_memory()),
+                              ours=id(patcher) in own or isinstance(patcher.model, PatchedModule)))
+    return held
+
+
+def guard_free_bytes(device: torch.device) -> int:
+    """ComfyUI's own figure (device-free plus torch's idle cache), lowered to SONIC_GUARD_FREE_MEMORY_BYTES less
+    what loaded models hold, when that cap is set (a GPU shared with other programs)."""
+    loaded = sum(model.loaded_bytes for model in held_models(device))
+    return capped_free_memory(int(model_management.get_free_memory(device)), loaded_bytes=loaded)
+
+
+def room_on(device: torch.device) -> DeviceRoom:
+    """Free + evictable memory, as the badge, the Plan node and the generator plan with."""
+    return device_room(guard_free_bytes(device), held_models(device), device_type=device.type,
+                       cap_bytes=free_memory_cap())
+
+
+def evict_for(required_free: int, device: torch.device, keep: Iterable[comfy.model_patcher.ModelPatcher]) -> None:
+    """Unload other models, least recently loaded first (ComfyUI's order), until the guard's free figure covers
+    `required_free`. ComfyUI's own `free_memory` stops at the device's figure and skips the CPU; the guard's
+    figure can be lower (the cap), so the same unloading is done here against it."""
+    keep_ids = {id(patcher) for patcher in keep}
+    unloaded = False
+    for loaded in list(reversed(model_management.current_loaded_models)):
+        if guard_free_bytes(device) >= required_free:
+            break
+        patcher = loaded.model
+        if patcher is None or loaded.device != device or id(patcher) in keep_ids or loaded.is_dead():
+            continue
+        if loaded.model_loaded_memory() <= 0:
+            continue
+        logger.info("evicting %s to make room for Sonic", type(patcher.model).__name__)
+        if loaded.model_unload():
+            model_management.current_loaded_models.remove(loaded)
+            unloaded = True
+    if unloaded:
+        model_management.soft_empty_cache()
 
 
 def is_oom(error: BaseException) -> bool:
@@ -170,29 +223,56 @@ def make_patcher(module: nn.Module, device: torch.device) -> comfy.model_patcher
 
 @dataclass
 class ComfyModelPlacer:
-    """Places a model for a stage through ComfyUI's model management, so other models are evicted to make room
-    (including the activations the memory plan predicts) and ours can be evicted later. With `offload_idle`
-    the model leaves the device after its stage (a quality-neutral memory lever)."""
+    """Places a model for a stage through ComfyUI's model management, asking for the room the memory plan
+    predicts for that stage (weights + activations), so other models are evicted before anything is made
+    smaller; every eviction is passed to `on_evicted`. With `offload_idle` the model leaves the device after
+    its stage (a quality-neutral memory lever)."""
 
     patchers: dict[str, comfy.model_patcher.ModelPatcher]
+    estimate: MemoryEstimate | None = None
     offload_idle: bool = True
     stream_unet: bool = False
-    stage_activation_bytes: int = 0
+    on_evicted: Callable[[Eviction], None] = lambda eviction: None
+    evictions: list[Eviction] = field(default_factory=list)
+
+    def _make_room(self, name: str, device: torch.device) -> int:
+        """Evict for this stage; returns ComfyUI's `memory_required` (the stage's activations)."""
+        if self.estimate is None:
+            return 0
+        ours = list(self.patchers.values())
+        held_by_us = sum(model.loaded_bytes for model in held_models(device, ours) if model.ours)
+        evict_for(stage_room_bytes(self.estimate, name) - held_by_us, device, ours)
+        return stage_activation_bytes(self.estimate, name)
+
+    def _placed(self, load: Callable[[], None], device: torch.device, name: str) -> None:
+        before = held_models(device, self.patchers.values())
+        load()
+        for eviction in evictions_between(before, held_models(device, self.patchers.values())):
+            self.evictions.append(eviction)
+            self.on_evicted(eviction)
 
     @contextlib.contextmanager
     def place(self, name: str, module: nn.Module) -> Iterator[nn.Module]:
         patcher = self.patchers.get(name)
         if name == "unet" and self.stream_unet and patcher is not None:
             # Weight offload: ComfyUI makes room for the largest block plus activations; blocks stream in.
-            model_management.free_memory(self.stage_activation_bytes, patcher.load_device)
+            device = patcher.load_device
+
+            def make_room() -> None:
+                model_management.free_memory(self._make_room(name, device), device)
+
+            self._placed(make_room, device, name)
             with stream_weights(module, patcher.load_device, patcher.offload_device):
                 yield module
             return
         if patcher is None or patcher.model.inner is not module:
             raise RuntimeError(f"model '{name}' was not wrapped for ComfyUI at load time")
-        model_management.load_models_gpu(
-            [patcher], memory_required=self.stage_activation_bytes, force_full_load=True
-        )
+
+        def load() -> None:
+            required = self._make_room(name, patcher.load_device)
+            model_management.load_models_gpu([patcher], memory_required=required, force_full_load=True)
+
+        self._placed(load, patcher.load_device, name)
         try:
             yield module
         finally:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..sonic_guard.memory.planner import POLICIES
+from ..sonic_guard.memory.presets import PRESET_CHOICES
 from . import ids
 from .model_handle import SonicModelHandle, SonicModelType
 from .run_job import run_generate_node
-
-PRESETS = ("custom", "fast", "hd", "minimal")
-POLICIES = ("auto", "strict", "off")
 
 
 def generation_widgets() -> list[io.Input]:
@@ -46,7 +45,7 @@ def generation_widgets() -> list[io.Input]:
         io.Combo.Input("memory_policy", options=list(POLICIES), default="auto",
                        tooltip="auto: downgrade to fit (quality-neutral levers first, then resolution). strict: "
                        "refuse before running if the request does not fit. off: no planning."),
-        io.Combo.Input("preset", options=list(PRESETS), default="custom",
+        io.Combo.Input("preset", options=list(PRESET_CHOICES), default="custom",
                        tooltip="fast (768 px, 20 steps), hd (1024 px, 30 steps, dynamic 1.2), minimal (384 px, "
                        "15 steps), resolved against this GPU. custom: use the widgets."),
         io.Float.Input("time_budget_s", default=0.0, min=0.0, max=86400.0, step=1.0,

@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from comfy_api.latest import io
 
+from ..sonic_guard.memory.preflight import PRECISIONS, plan_dtype
 from ..sonic_guard.models.checkpoints import load_sonic_models
 from . import comfy_bridge as comfy
 from . import ids
 from .model_handle import SonicModelHandle, SonicModelType
 
 logger = logging.getLogger(__name__)
-PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 # Models cast to the chosen precision; the audio adapters, whisper and RIFE stay fp32 as in the reference.
 CAST_TO_PRECISION = ("unet", "vae", "image_encoder")
 PLACED = ("unet", "vae", "image_encoder", "whisper_encoder", "audio_token_projector", "motion_bucket_predictor",
           "rife")
-
-
-def choose_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "auto":
-        # fp16 is the reference's choice on GPUs; on the CPU many fp16 kernels are missing or slow.
-        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
 
 
 class ModelLoader(io.ComfyNode):
@@ -56,7 +48,7 @@ class ModelLoader(io.ComfyNode):
     def execute(cls, model_folder: str, precision: str, load_rife: bool) -> io.NodeOutput:
         root = comfy.resolve_model_root(model_folder)
         device = comfy.compute_device()
-        dtype = choose_dtype(precision, device)
+        dtype = plan_dtype(precision, device.type)
         models = load_sonic_models(root, with_rife=load_rife)
         for name in CAST_TO_PRECISION:
             getattr(models, name).to(dtype)

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from . import ids
 from .generate import generation_widgets
 from .model_handle import SonicModelHandle, SonicModelType
-from .planning import plan_from_widgets
+from .planning import estimator_for, plan_from_widgets
 
 
 class Plan(io.ComfyNode):
@@ -42,11 +42,12 @@ class Plan(io.ComfyNode):
 
     @classmethod
     def execute(cls, sonic_model: SonicModelHandle | None = None, **widgets) -> io.NodeOutput:
-        if sonic_model is not None:
-            widgets["model_folder"] = sonic_model.source
-        answer = plan_from_widgets(widgets)
+        if sonic_model is not None:  # the loaded model: its configuration and dtype, as the generator plans
+            answer = plan_from_widgets(widgets, dtype=sonic_model.dtype, estimator=estimator_for(sonic_model))
+        else:
+            answer = plan_from_widgets(widgets)
         fits = answer["verdict"] in ("fits", "downgrade")
-        plan = answer.get("plan", {}).get("plan", {})
+        plan = (answer.get("plan") or {}).get("plan", {})
         text = json.dumps(answer, indent=1, default=str)
         return io.NodeOutput(
             text, fits, int(plan.get("min_resolution", widgets.get("min_resolution", 512))),

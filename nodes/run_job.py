@@ -19,7 +19,7 @@ from ..sonic_guard.settings import GenerationSettings
 from ..sonic_guard.telemetry.tags import plan_tags, run_tags
 from . import comfy_bridge as comfy
 from .model_handle import SonicModelHandle
-from .planning import estimator_for, resolve_widgets
+from .planning import estimator_for
 from .services import notify, services
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ def settings_from_widgets(widgets: dict[str, Any]) -> GenerationSettings:
 def run_generate_node(node_cls: type, handle: SonicModelHandle, image: torch.Tensor, audio: dict,
                       widgets: dict[str, Any]) -> io.NodeOutput:
     telemetry = services().telemetry
-    widgets = resolve_widgets(widgets, handle.device)
     observer = None
     try:
         settings = settings_from_widgets(widgets)
@@ -54,12 +53,15 @@ def run_generate_node(node_cls: type, handle: SonicModelHandle, image: torch.Ten
                          check_cancel=comfy.check_interrupt, observer=observer)
         env = JobEnvironment(
             device=handle.device,
-            free_memory=lambda: comfy.free_memory_bytes(handle.device),
+            free_memory=lambda: comfy.guard_free_bytes(handle.device),
+            device_room=lambda: comfy.room_on(handle.device),
             is_oom=comfy.is_oom,
             release_memory=lambda: comfy.release_memory(handle.device),
             estimator=estimator_for(handle),
-            placer_for=lambda plan: comfy.ComfyModelPlacer(
-                handle.patchers, offload_idle=plan.offload_idle_models, stream_unet=plan.unet_weight_offload
+            placer_for=lambda plan, estimate, adjust: comfy.ComfyModelPlacer(
+                handle.patchers, estimate, offload_idle=plan.offload_idle_models,
+                stream_unet=plan.unet_weight_offload,
+                on_evicted=lambda eviction: adjust("evicted", {"lever": eviction.lever, **eviction.to_dict()}),
             ),
             hooks=hooks,
             on_event=lambda event, data: _on_event(observer, event, data),
@@ -67,7 +69,8 @@ def run_generate_node(node_cls: type, handle: SonicModelHandle, image: torch.Ten
         )
         job = JobRequest(
             image=image, audio=loaded, settings=settings, output_path=output_path,
-            policy=str(widgets["memory_policy"]), time_budget_s=float(widgets["time_budget_s"]) or None,
+            policy=str(widgets["memory_policy"]), preset=str(widgets["preset"]),
+            time_budget_s=float(widgets["time_budget_s"]) or None,
             collect_frames=bool(widgets["output_frames"]), notes=[duration_note, *handle.notes],
             segment_seconds=float(widgets.get("segment_seconds", 0.0)),
             job_dir=comfy.output_directory() / "sonic_guard_jobs" / _job_key(image, audio, widgets),

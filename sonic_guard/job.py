@@ -21,18 +21,21 @@ from .face import make_face_detector
 from .guarded_run import OomRetry, run_with_oom_recovery
 from .image_prep import PreparedReference, prepare_reference
 from .long_audio import generate_segmented
+from .memory.calibration import cfg_call_batches
 from .memory.estimator import MemoryEstimator
 from .memory.free_memory import device_label
 from .memory.history import RunHistory
 from .memory.model_specs import ModelConfigs
-from .memory.plan import ExecutionPlan, RunRequest
-from .memory.planner import PlanDecision, plan_run
+from .memory.plan import ExecutionPlan, MemoryEstimate
+from .memory.planner import PlanDecision
+from .memory.preflight import PreflightInputs, decide, dtype_name
 from .memory.recovery import next_rung_after_oom
 from .memory.report import RunReport
+from .memory.room import DeviceRoom
 from .models.checkpoint_paths import ModelPaths
 from .models.checkpoints import AUDIO_TOKENS, SonicModelSet, read_unet_config
 from .pipeline import GenerationResult, generate
-from .runtime import ModelPlacer, RunHooks
+from .runtime import ModelPlacer, OnAdjustment, RunHooks
 from .segment_inputs import segment_frames_for
 from .settings import GenerationSettings
 
@@ -56,6 +59,7 @@ class JobRequest:
     settings: GenerationSettings
     output_path: Path
     policy: str = "auto"
+    preset: str = "custom"  # a preset names resolution, steps and motion (memory.presets); the policy stays
     time_budget_s: float | None = None
     collect_frames: bool = False
     notes: list[str] = field(default_factory=list)
@@ -65,16 +69,22 @@ class JobRequest:
 
 @dataclass
 class JobEnvironment:
-    """What the host provides: the device, its free memory, how to recognise and recover from OOM."""
+    """What the host provides: the device, its free memory, how to recognise and recover from OOM.
+
+    `device_room` (free + what the host can evict) is what the run is planned against when the host can evict
+    other models (ComfyUI); without it the plan uses `free_memory`. `placer_for(plan, estimate, on_adjustment)`
+    places models for each stage and reports evictions through `on_adjustment`.
+    """
 
     device: torch.device
     free_memory: Callable[[], int]
     is_oom: Callable[[BaseException], bool]
     release_memory: Callable[[], None]
     estimator: MemoryEstimator
-    placer_for: Callable[[ExecutionPlan], ModelPlacer] | None = None
+    placer_for: Callable[[ExecutionPlan, MemoryEstimate, OnAdjustment], ModelPlacer] | None = None
+    device_room: Callable[[], DeviceRoom] | None = None
     hooks: RunHooks = field(default_factory=RunHooks)
-    # "planned" (size and steps of each attempt), "downgraded", "oom_recovered"
+    # "planned" (size and steps of each attempt), "downgraded", "oom_recovered", "evicted"
     on_event: Callable[[str, dict], None] = lambda event, data: None
     max_retries: int = 3
     history: RunHistory | None = None  # calibrates the time model; every finished run is recorded in it
@@ -122,36 +132,47 @@ def model_configs_from_folder(root: Path) -> ModelConfigs:
     )
 
 
-def plan_for(
-    reference: PreparedReference, settings: GenerationSettings, audio_seconds: float, env: JobEnvironment,
-    *, policy: str, time_budget_s: float | None, dtype: str,
-) -> PlanDecision:
-    time_model = env.history.time_model(device_label(env.device)) if env.history else None
+def preflight_inputs(reference: PreparedReference, settings: GenerationSettings, audio_seconds: float,
+                     device: torch.device, *, policy: str, preset: str, time_budget_s: float | None,
+                     dtype: str) -> PreflightInputs:
+    """The generator's pre-flight inputs: the badge's, with the real crop size and audio length."""
     width, height = _source_size(reference)
-    request = RunRequest(
-        image_width=width, image_height=height, min_resolution=settings.min_resolution,
-        inference_steps=settings.inference_steps, audio_seconds=audio_seconds,
-        dynamic_scale=settings.dynamic_scale, interpolate=settings.interpolation != "none", dtype=dtype,
-        attention="flash" if env.device.type in ("cuda", "cpu") else "math",  # fused SDPA kernels exist there
+    return PreflightInputs(
+        min_resolution=settings.min_resolution, inference_steps=settings.inference_steps,
+        dynamic_scale=settings.dynamic_scale, interpolation=settings.interpolation, memory_policy=policy,
+        preset=preset, time_budget_s=time_budget_s, audio_seconds=audio_seconds, image_width=width,
+        image_height=height, dtype=dtype, device_type=device.type,
     )
-    return plan_run(request, env.free_memory(), env.estimator, policy=policy, time_budget_s=time_budget_s,
-                    time_model=time_model)
+
+
+def plan_for(inputs: PreflightInputs, plannable_bytes: int, env: JobEnvironment) -> PlanDecision:
+    time_model = env.history.time_model(device_label(env.device)) if env.history else None
+    return decide(inputs, plannable_bytes, env.estimator, time_model)
 
 
 def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobOutcome:
     started = time.perf_counter()
     detector = make_face_detector(models.face_detector_path)
     settings = job.settings
-    free_before = env.free_memory()
+    room = env.device_room() if env.device_room else DeviceRoom(env.free_memory(), 0)
     # Pre-flight: the face crop decides the frame size the plan is made for (CPU work, outside the stages).
     reference = prepare_reference(
         job.image, min_resolution=settings.min_resolution, expand_ratio=settings.expand_ratio,
         crop=settings.crop_face, detector=detector,
     )
-    dtype = _dtype_name(models)
-    decision = plan_for(reference, settings, job.audio.duration_s, env, policy=job.policy,
-                        time_budget_s=job.time_budget_s, dtype=dtype)
+    inputs = preflight_inputs(reference, settings, job.audio.duration_s, env.device, policy=job.policy,
+                              preset=job.preset, time_budget_s=job.time_budget_s,
+                              dtype=dtype_name(next(models.unet.parameters()).dtype))
+    decision = plan_for(inputs, room.plannable_bytes, env)
     plan = decision.plan
+    adjustments: list[dict[str, Any]] = []
+
+    def on_adjustment(kind: str, details: dict[str, Any]) -> None:
+        """Evictions and in-stage downgrades (decode chunk halving): into the report and the editor's toasts."""
+        adjustments.append({"kind": kind, **details})
+        logger.info("run adjusted: %s", details.get("lever", kind))
+        env.on_event("evicted" if kind == "evicted" else "oom_recovered", {"message": details.get("lever", kind)})
+
     if plan.downgrades or plan.levers_applied:
         env.on_event("downgraded", {"message": _plan_message(decision), "plan": plan.to_dict()})
     references: dict[int, PreparedReference] = {settings.min_resolution: reference}
@@ -166,9 +187,11 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
             )
         # What runs now (after levers, downgrades and retries): the host retags profiles with it.
         env.on_event("planned", {"width": plan.width, "height": plan.height, "inference_steps": plan.inference_steps})
-        run_settings = replace(settings, min_resolution=plan.min_resolution, inference_steps=plan.inference_steps)
-        hooks = replace(env.hooks, observer=tracker)
-        placer = env.placer_for(plan) if env.placer_for else None
+        run_settings = replace(settings, min_resolution=plan.min_resolution, inference_steps=plan.inference_steps,
+                               dynamic_scale=plan.dynamic_scale)
+        hooks = replace(env.hooks, observer=tracker, on_adjustment=on_adjustment)
+        estimate = decision.estimate if plan == decision.plan else env.estimator.estimate(plan)
+        placer = env.placer_for(plan, estimate, on_adjustment) if env.placer_for else None
         _reset_peak(env.device)
         if segment_frames is not None:  # an OOM retry resumes from the segments already finished
             return generate_segmented(
@@ -195,7 +218,8 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
         release_memory=env.release_memory, on_retry=on_retry, max_retries=env.max_retries,
     )
     result = outcome.result
-    report = build_report(decision, outcome.plan, outcome.retries, result, free_before, env.device, job, started)
+    report = build_report(decision, outcome.plan, outcome.retries, result, room, env.device, job, started,
+                          adjustments)
     if env.history is not None:
         env.history.record(history_entry(report, decision, outcome.plan, env.device))
     return JobOutcome(result=result, report=report)
@@ -205,7 +229,7 @@ def history_entry(report: dict[str, Any], decision: PlanDecision, plan: Executio
                   ) -> RunReport:
     frames = max(1, round(report["audio_seconds"] * 12.5))
     windows = -(-frames // 25)
-    calls_per_window = 3 // plan.cfg_batch if plan.cfg_batch in (1, 3) else 2
+    batches = cfg_call_batches(plan.cfg_batch)
     stage_seconds = dict(report["stage_seconds"])
     stage_seconds["unet"] = stage_seconds.get("sampling", 0.0)
     # The simulation describes the planned run; after an OOM retry the measured run is another plan, so it
@@ -219,16 +243,20 @@ def history_entry(report: dict[str, Any], decision: PlanDecision, plan: Executio
         measured_peak_bytes=report["measured_peak_bytes"],
         free_before_bytes=report["free_bytes_before"], levers_applied=report["levers_applied"],
         downgrades=report["downgrades"], retries=len(report["retries"]), stage_seconds=stage_seconds,
-        hardware={"device": device_label(device)}, unet_calls=windows * plan.inference_steps * calls_per_window,
-        unet_pixel_frames=plan.width * plan.height * 25 * (plan.cfg_batch if plan.cfg_batch != 2 else 2),
+        hardware={"device": device_label(device)}, unet_calls=windows * plan.inference_steps * len(batches),
+        # per call, averaged over the window's calls: the time model is fitted per call
+        unet_pixel_frames=plan.width * plan.height * 25 * sum(batches) // len(batches),
         outcome=report["outcome"],
     )
 
 
 def build_report(
     decision: PlanDecision, final_plan: ExecutionPlan, retries: list[OomRetry], result: GenerationResult,
-    free_before: int, device: torch.device, job: JobRequest, started: float,
+    room: DeviceRoom, device: torch.device, job: JobRequest, started: float,
+    adjustments: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """The report: every lever the plan chose, every eviction and in-run adjustment, every OOM retry."""
+    adjustments = list(adjustments or [])
     measured, measured_tensors = _measured_peaks(device)
     predicted = decision.estimate.peak_bytes
     final_estimate = decision.estimate if final_plan == decision.plan else None
@@ -236,7 +264,8 @@ def build_report(
         "outcome": "success",
         "device": str(device),
         "policy": decision.policy,
-        "free_bytes_before": free_before,
+        "free_bytes_before": room.free_bytes,
+        "evictable_bytes_before": room.evictable_bytes,
         "predicted_peak_bytes": final_estimate.peak_bytes if final_estimate else predicted,
         "requested_peak_bytes": decision.requested_peak_bytes,
         "measured_peak_bytes": measured,
@@ -246,7 +275,9 @@ def build_report(
         "estimator_relative_error": (measured - predicted) / predicted if measured and predicted else None,
         "dominant_stage": decision.estimate.dominant_stage,
         "calibration": decision.estimate.calibration,
-        "levers_applied": list(final_plan.levers_applied),
+        "levers_applied": [*final_plan.levers_applied, *(a["lever"] for a in adjustments if "lever" in a)],
+        "adjustments": adjustments,
+        "evictions": [a for a in adjustments if a["kind"] == "evicted"],
         "downgrades": list(final_plan.downgrades),
         "retries": [retry.__dict__ for retry in retries],
         "plan": final_plan.to_dict(),
@@ -257,7 +288,7 @@ def build_report(
                   "fps": float(result.fps), "duration_s": result.video.duration_s},
         "audio_seconds": round(job.audio.duration_s, 3),
         "av_offset_s": result.av_offset_s,
-        "notes": [*job.notes, *decision.notes, *result.notes],
+        "notes": [*job.notes, *([room.note()] if room.note() else []), *decision.notes, *result.notes],
     }
 
 
@@ -267,10 +298,6 @@ def _source_size(reference: PreparedReference) -> tuple[int, int]:
         x1, y1, x2, y2 = reference.crop_box
         return x2 - x1, y2 - y1
     return reference.size
-
-
-def _dtype_name(models: SonicModelSet) -> str:
-    return str(next(models.unet.parameters()).dtype).removeprefix("torch.")
 
 
 def _plan_message(decision: PlanDecision) -> str:

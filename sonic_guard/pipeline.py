@@ -229,6 +229,8 @@ def frame_stream(
     decoded: Iterable[torch.Tensor] = staged(switcher, "decode", decode_stream(
         latents, vae_chunk_decoder(models.vae), chunk_size=plan.decode_chunk, device=device,
         dtype=plan.torch_dtype, on_chunk=lambda done, total: hooks.check_cancel(),
+        on_downgrade=lambda old, new: hooks.on_adjustment("decode_chunk", {
+            "lever": f"decode_chunk: {old}→{new} (out of memory in decode)", "from": old, "to": new}),
     ))
     if settings.smooth_motion > 0:
         decoded = staged(switcher, "interpolation", smooth_motion(decoded, settings.smooth_motion))

@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -20,6 +20,10 @@ from .models.weight_streaming import stream_weights
 from .telemetry.stages import StageObserver
 
 T = TypeVar("T")
+# Something the run changed while running, to fit memory: kind ("evicted", "decode_chunk") and details, among
+# them "lever", the line the report lists. The job collects these into the report, the metrics and the toasts.
+OnAdjustment = Callable[[str, dict[str, Any]], None]
+
 
 class ModelPlacer(Protocol):
     def place(self, name: str, module: nn.Module) -> contextlib.AbstractContextManager[nn.Module]: ...
@@ -72,6 +76,7 @@ class RunHooks:
     progress: Callable[[int, int], None] = lambda done, total: None
     check_cancel: Callable[[], None] = lambda: None
     observer: StageObserver = field(default_factory=lambda: StageClock())
+    on_adjustment: OnAdjustment = lambda kind, details: None
 
 
 class StageSwitcher:

@@ -82,7 +82,8 @@ def environment(models, free_bytes: int, observer=None, planned: list[dict] | No
 def job(tmp_path: Path, audio, **settings) -> JobRequest:
     return JobRequest(
         image=portrait_rgb(), audio=audio, output_path=tmp_path / "out.mp4",
-        settings=GenerationSettings(min_resolution=128, inference_steps=1, interpolation="none", **settings),
+        settings=GenerationSettings(**{"min_resolution": 128, "inference_steps": 1, "interpolation": "none",
+                                       **settings}),
     )
 
 
@@ -150,3 +151,41 @@ def test_repeated_oom_gives_up_with_an_actionable_error(models, short_speech, tm
         run_job(models, job(tmp_path, short_speech), env)
     message = str(caught.value)
     assert "sampling" in message and "after 2 recovery attempt" in message and "Fix:" in message
+
+
+def test_oom_inside_decode_halves_the_chunk_and_is_reported(models, short_speech, tmp_path: Path) -> None:
+    """decode_stream recovers an OOM in one VAE chunk by itself (halving the chunk): that recovery must reach the
+    report's levers and adjustments and the editor's toasts, not only the log."""
+    fired: list[int] = []
+
+    def oom_once(module, args) -> None:
+        if not fired and args[0].shape[0] > 1:  # a chunk of several latent frames, the first time
+            fired.append(args[0].shape[0])
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (injected in VAE decode)")
+
+    handle = models.vae.decoder.register_forward_pre_hook(oom_once)
+    try:
+        env, events = environment(models, 64 * GIB)
+        report = run_job(models, job(tmp_path, short_speech), env).report
+    finally:
+        handle.remove()
+    assert fired, "the test needs a decode chunk of more than one frame"
+    assert report["retries"] == []  # recovered in place, no rerun
+    [adjustment] = report["adjustments"]
+    assert adjustment["kind"] == "decode_chunk" and adjustment["from"] == fired[0] and adjustment["to"] < fired[0]
+    assert adjustment["lever"] in report["levers_applied"]
+    assert "oom_recovered" in events
+
+
+def test_every_recovery_is_in_the_report(models, short_speech, tmp_path: Path) -> None:
+    """An OOM injected at every stage, and inside decode, is found in the report: nothing is recovered silently."""
+    unreported = []
+    for stage in ["preprocess", "audio_features", "sampling", "decode", "interpolation", "encode"]:
+        env, _ = environment(models, 64 * GIB, InjectOom(stage))
+        settings = {"interpolation": "blend"} if stage == "interpolation" else {}
+        request = job(tmp_path, short_speech, **settings)
+        report = run_job(models, request, env).report
+        if env.hooks.observer.fired and not report["retries"]:
+            unreported.append(stage)
+        assert env.hooks.observer.fired, f"no stage called {stage!r} ran"
+    assert unreported == []

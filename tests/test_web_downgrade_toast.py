@@ -74,8 +74,8 @@ def test_the_free_memory_cap_reaches_the_planner(capped_server: ComfyServer) -> 
         assert f"{capped_server.free_memory_cap / 2**30:.2f} GiB free" in answer.get("error", ""), dumps(answer)
     else:
         assert free <= capped_server.free_memory_cap, (
-            "SONIC_GUARD_FREE_MEMORY_BYTES is not honoured: wire nodes/free_memory_override.capped_free_memory "
-            f"into comfy_bridge.free_memory_bytes. /sonic/plan says free_bytes={free}"
+            "SONIC_GUARD_FREE_MEMORY_BYTES is not honoured: wire sonic_guard/memory/free_memory_cap.capped_free_memory "
+            f"into comfy_bridge.guard_free_bytes. /sonic/plan says free_bytes={free}"
         )
 
 

@@ -19,7 +19,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..models.unet import build_sonic_unet
-from .calibration import MIB, AllocatorCalibration
+from .calibration import MIB, AllocatorCalibration, cfg_call_batches
 from .estimator import MemoryEstimator
 from .free_memory import cuda_allocator_kind, device_label, device_memory_cap, torch_free_memory
 from .history import RunHistory
@@ -106,7 +106,7 @@ def unet_on_device(configs: ModelConfigs, device: torch.device, dtype: torch.dty
 
 def run_window(plan: ExecutionPlan, configs: ModelConfigs, device: torch.device,
                unet: torch.nn.Module | None = None) -> None:
-    """One sampler window of random inputs as the engine runs it (3 // cfg_batch UNet calls); builds a random
+    """One sampler window of random inputs as the engine runs it (`cfg_call_batches`); builds a random
     UNet on `device` when none is given."""
     unet = unet if unet is not None else unet_on_device(configs, device, plan.torch_dtype)
     unet.set_feed_forward_chunking(plan.ff_chunk)
@@ -115,12 +115,12 @@ def run_window(plan: ExecutionPlan, configs: ModelConfigs, device: torch.device,
     backend = sdpa_kernel(_BACKENDS[plan.attention]) if plan.attention in _BACKENDS else contextlib.nullcontext()
     with torch.no_grad(), backend:
         outputs = []
-        for _ in range(3 // plan.cfg_batch):  # the CFG branches, as the engine runs them
+        for batch in cfg_call_batches(plan.cfg_batch):  # the CFG branches, as the engine runs them
             outputs.append(unet(
-                torch.randn(plan.cfg_batch, frames, 8, h, w, device=device, dtype=dtype), 0.5,
-                torch.randn(plan.cfg_batch, 1, dim, device=device, dtype=dtype),
-                torch.randn(plan.cfg_batch, frames, configs.audio_tokens, dim, device=device, dtype=dtype),
-                torch.randn(plan.cfg_batch, 3, device=device, dtype=dtype),
+                torch.randn(batch, frames, 8, h, w, device=device, dtype=dtype), 0.5,
+                torch.randn(batch, 1, dim, device=device, dtype=dtype),
+                torch.randn(batch, frames, configs.audio_tokens, dim, device=device, dtype=dtype),
+                torch.randn(batch, 3, device=device, dtype=dtype),
                 torch.rand(1, 1, plan.height, plan.width, device=device, dtype=dtype),
             ))
         torch.cuda.synchronize(device)

@@ -80,6 +80,18 @@ def default_calibration(device_type: str, allocator: str = "native") -> Allocato
     return AllocatorCalibration(source=f"uncalibrated ({allocator}: 1-7 % measured on an H100)")
 
 
+CFG_BRANCHES = 3  # unconditional, audio-only and full conditioning, as the sampler runs them
+
+
+def cfg_call_batches(cfg_batch: int) -> tuple[int, ...]:
+    """The batch of each UNet call in one window: 3 branches grouped by `cfg_batch` (3 -> (3,); 2 -> (2, 1);
+    1 -> (1, 1, 1)). Every window runs all three branches, whatever the grouping."""
+    if not 1 <= cfg_batch <= CFG_BRANCHES:
+        raise ValueError(f"cfg_batch must be 1, 2 or 3, got {cfg_batch}")
+    full, rest = divmod(CFG_BRANCHES, cfg_batch)
+    return (cfg_batch,) * full + ((rest,) if rest else ())
+
+
 @dataclass(frozen=True)
 class TimeModel:
     """Seconds of one UNet call = per_call_s + per_pixel_frame_s x (width x height x frames x batch).
@@ -100,8 +112,7 @@ class TimeModel:
                     window: int = 25) -> float:
         """Predicted denoising + decode seconds for a run (other stages are small and fixed)."""
         windows = math.ceil(num_frames / window)
-        calls_per_window = 3 // cfg_batch
-        per_window = calls_per_window * self.unet_call_seconds(width, height, window, cfg_batch)
+        per_window = sum(self.unet_call_seconds(width, height, window, batch) for batch in cfg_call_batches(cfg_batch))
         decode = self.decode_per_pixel_frame_s * width * height * num_frames
         return steps * windows * per_window + decode
 

@@ -23,6 +23,8 @@ PRESETS: dict[str, Preset] = {
     "hd": Preset("HD", 1024, 30, dynamic_scale=1.2),
     "minimal": Preset("minimal", 384, 15),
 }
+# What the generator's preset widget offers: "custom" uses the widgets as they are.
+PRESET_CHOICES: tuple[str, ...] = ("custom", *PRESETS)
 
 
 def preset_request(name: str, base: RunRequest | None = None) -> RunRequest:

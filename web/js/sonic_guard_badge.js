@@ -27,6 +27,8 @@ function widgetValues(node) {
   }
   if (source?.type === LOADER) {
     values.model_folder = source.widgets?.find((w) => w.name === "model_folder")?.value;
+    // The plan is made for the loader's precision, as the generator's run is.
+    values.precision = source.widgets?.find((w) => w.name === "precision")?.value;
   }
   return values;
 }

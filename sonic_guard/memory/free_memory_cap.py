@@ -1,10 +1,10 @@
-"""An optional cap on the free memory the memory guard plans with: SONIC_GUARD_FREE_MEMORY_BYTES.
+"""An optional cap on the device memory this server may hold: SONIC_GUARD_FREE_MEMORY_BYTES.
 
 Users who share a GPU with other processes (a second ComfyUI, a game, a training job) can promise the guard less
-than the driver reports; tests use it to make a real run that does not fit on a machine with plenty of RAM.
-The cap only ever lowers the figure: the guard never plans with more memory than the device really has free.
-
-Wiring (in `comfy_bridge.free_memory_bytes`): `return capped_free_memory(int(model_management.get_free_memory(d)))`.
+than the driver reports; tests use it to make a run that does not fit on a machine with plenty of RAM. The cap
+bounds what the server's loaded models and a Sonic run hold together, so models ComfyUI has loaded count against
+it and are evictable within it (`room.DeviceRoom`). It only ever lowers the figure: the guard never plans with
+more memory than the device really has free plus what eviction would return.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 
-from ..sonic_guard.errors import BadInputError
+from ..errors import BadInputError
 
 ENV_VAR = "SONIC_GUARD_FREE_MEMORY_BYTES"
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
@@ -47,7 +47,9 @@ def free_memory_cap(environ: Mapping[str, str] | None = None) -> int | None:
     return parse_byte_amount(text) if text else None
 
 
-def capped_free_memory(measured_bytes: int, environ: Mapping[str, str] | None = None) -> int:
-    """The free memory to plan with: what the device reports, lowered to the cap when one is set."""
+def capped_free_memory(measured_bytes: int, environ: Mapping[str, str] | None = None, *,
+                       loaded_bytes: int = 0) -> int:
+    """The free memory to plan with: what the device reports, lowered to the cap less the `loaded_bytes` of
+    models already held on the device when a cap is set."""
     cap = free_memory_cap(environ)
-    return measured_bytes if cap is None else min(measured_bytes, cap)
+    return measured_bytes if cap is None else max(0, min(measured_bytes, cap - loaded_bytes))
