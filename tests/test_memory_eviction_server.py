@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,19 @@ def test_a_resident_model_is_evicted_instead_of_downgrading(hog_server: ComfySer
     assert evicted and evicted[0]["freed_bytes"] >= held * 0.99, report["evictions"]
     assert any(lever.startswith("evicted: HogModel, ") for lever in report["levers_applied"]), report
     assert any("ComfyUI can evict (HogModel" in note for note in report["notes"]), report["notes"]
+    # The editor hears it (toast), and so do the fleet's metrics and health endpoint.
+    toasts = [e["data"]["message"] for e in history["_events"] if e["type"] == "sonic_guard.evicted"]
+    assert any(message.startswith("evicted: HogModel") for message in toasts), toasts
+    with hog_server.request("/sonic/metrics") as response:
+        metrics = response.read().decode()
+    assert "sonic_evictions_total 1.0" in metrics, metrics[-2000:]
+    assert health(hog_server)["recoveries"]["evictions"] == 1
+
+
+def health(server: ComfyServer) -> dict:
+    """/sonic/health answers 503 (degraded) on a machine without a GPU; the body is the same snapshot."""
+    try:
+        with server.request("/sonic/health") as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return json.loads(error.read())

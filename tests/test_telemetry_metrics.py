@@ -232,3 +232,27 @@ def test_health_thresholds_and_last_error() -> None:
     assert set(snapshot["last_error"]) == {"reason", "time", "age_s"}  # no message, no path
     low = Telemetry(thresholds=thresholds, nvml_reader=lambda: fixed_reading(_gpu(0, 2.0)))
     assert low.health_snapshot(0)["problems"] == ["low_gpu_memory"]
+
+
+def test_recoveries_reach_metrics_and_health() -> None:
+    """A run that halved its decode chunk after an OOM, evicted a model and retried once: all three are counted
+    in the metrics and in /sonic/health, not only in the report."""
+    telemetry = Telemetry(thresholds=HealthThresholds(require_gpu=False))
+    assert telemetry.health_snapshot(0)["recoveries"] == {"oom_retries": 0, "in_place": 0, "evictions": 0,
+                                                           "last": None}
+    telemetry.record_run({
+        "outcome": "success", "retries": [{"stage": "sampling"}],
+        "levers_applied": ["cfg_batch: 3→1", "evicted: Upscaler, 3.00 GiB", "decode_chunk: 8→4 (out of memory)"],
+        "adjustments": [{"kind": "evicted", "model": "Upscaler", "freed_bytes": 3 * GIB},
+                        {"kind": "decode_chunk", "from": 8, "to": 4}],
+    })
+    registry = telemetry.registry
+    assert registry.get_sample_value("sonic_oom_recovered_in_place_total", {"kind": "decode_chunk"}) == 1
+    assert registry.get_sample_value("sonic_evictions_total") == 1
+    assert registry.get_sample_value("sonic_evicted_bytes_total") == 3 * GIB
+    assert registry.get_sample_value("sonic_oom_retries_total") == 1
+    assert registry.get_sample_value("sonic_levers_applied_total", {"lever": "evicted"}) == 1
+    assert registry.get_sample_value("sonic_levers_applied_total", {"lever": "decode_chunk"}) == 1
+    recoveries = telemetry.health_snapshot(0)["recoveries"]
+    assert (recoveries["oom_retries"], recoveries["in_place"], recoveries["evictions"]) == (1, 1, 1)
+    assert recoveries["last"]["kind"] == "oom_retry" and recoveries["last"]["time"].endswith("+00:00")

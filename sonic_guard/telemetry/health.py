@@ -39,6 +39,37 @@ class LastError:
 
 
 @dataclass(frozen=True)
+class Recoveries:
+    """What the worker's runs did to fit memory since it started: OOM reruns, in-stage recoveries, evictions."""
+
+    oom_retries: int = 0
+    in_place: int = 0
+    evictions: int = 0
+    last_kind: str | None = None
+    last_wall_time: float | None = None
+
+    def after(self, report: dict[str, Any], now: float) -> Recoveries:
+        """These counts plus one finished run's report."""
+        retries = report.get("oom_retries", report.get("retries"))
+        retries = len(retries) if isinstance(retries, (list, tuple)) else int(retries or 0)
+        adjustments = list(report.get("adjustments") or ())
+        evictions = sum(1 for a in adjustments if a.get("kind") == "evicted")
+        in_place = len(adjustments) - evictions
+        if not (retries or adjustments):
+            return self
+        last = "oom_retry" if retries else str(adjustments[-1].get("kind"))
+        return Recoveries(self.oom_retries + retries, self.in_place + in_place, self.evictions + evictions,
+                          last, now)
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        last = None
+        if self.last_kind is not None and self.last_wall_time is not None:
+            stamp = dt.datetime.fromtimestamp(self.last_wall_time, tz=dt.timezone.utc).isoformat(timespec="seconds")
+            last = {"kind": self.last_kind, "time": stamp, "age_s": round(max(0.0, now - self.last_wall_time), 1)}
+        return {"oom_retries": self.oom_retries, "in_place": self.in_place, "evictions": self.evictions, "last": last}
+
+
+@dataclass(frozen=True)
 class HealthThresholds:
     """When the worker reports itself degraded. None disables a check."""
 
@@ -81,6 +112,7 @@ def build_health(
     now: float,
     thresholds: HealthThresholds,
     profiling_state: str,
+    recoveries: Recoveries | None = None,
 ) -> dict[str, Any]:
     """The snapshot; `status` is "degraded" when any listed problem applies."""
     gpu = _gpu_section(nvml, torch_devices)
@@ -105,6 +137,7 @@ def build_health(
         "gpu": gpu,
         "queue_length": int(queue_length),
         "last_error": error,
+        "recoveries": (recoveries or Recoveries()).to_dict(now),
         "uptime_s": round(uptime_s, 1),
         "profiling": profiling_state,
     }

@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .gpu_readout import GpuReadout, read_gpu_memory
-from .health import HealthThresholds, LastError, build_health, classify_failure
+from .health import HealthThresholds, LastError, Recoveries, build_health, classify_failure
 from .metrics import GpuCollector, SonicMetrics
 from .nvml import NvmlReading, read_nvml
 from .profiling import Profiler, ProfilerStatus, stage_tag_items
@@ -104,6 +104,7 @@ class Telemetry:
         self._nvml_reader = nvml_reader
         self._lock = threading.Lock()
         self._last_error: LastError | None = None
+        self._recoveries = Recoveries()
         self._started = time.monotonic()
 
     # Stages
@@ -128,9 +129,11 @@ class Telemetry:
 
         Report keys (all optional): outcome (success/failure/cancelled), failure_reason, predicted_peak_bytes,
         measured_peak_bytes, stage_seconds {stage: s}, downgrades ["lever: from→to" | lever | {"lever": ...}],
-        retries [...] (or oom_retries: int).
+        retries [...] (or oom_retries: int), adjustments [{"kind": "evicted" | "decode_chunk", ...}].
         """
         outcome = self.metrics.record_run(report, stages_already_observed=stages_already_observed)
+        with self._lock:
+            self._recoveries = self._recoveries.after(dict(report), time.time())
         if outcome == "failure":  # a user's cancel is counted, but it is not the worker's last error
             self.record_error(str(report.get("failure_reason") or "internal"))
 
@@ -169,7 +172,13 @@ class Telemetry:
             now=time.time(),
             thresholds=self.thresholds,
             profiling_state=self.profiler.status.state,
+            recoveries=self.recoveries,
         )
+
+    @property
+    def recoveries(self) -> Recoveries:
+        with self._lock:
+            return self._recoveries
 
     def read_gpu_memory(self) -> GpuReadout:
         return read_gpu_memory()

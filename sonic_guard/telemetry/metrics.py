@@ -116,6 +116,18 @@ class SonicMetrics:
             registry=registry,
         )
         self.oom_retries = Counter("sonic_oom_retries", "Retries after a CUDA out-of-memory", registry=registry)
+        self.recovered_in_place = Counter(
+            "sonic_oom_recovered_in_place",
+            "Out-of-memory errors recovered inside a stage without a rerun (decode chunk halving), by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self.evictions = Counter(
+            "sonic_evictions", "Other models ComfyUI unloaded to make room for a run", registry=registry
+        )
+        self.evicted_bytes = Counter(
+            "sonic_evicted_bytes", "Bytes of other models unloaded to make room for runs", registry=registry
+        )
         for outcome in OUTCOMES:
             self.runs.labels(outcome=outcome)
         for stage in STAGE_NAMES:
@@ -159,6 +171,13 @@ class SonicMetrics:
         retries = len(retries) if isinstance(retries, (list, tuple)) else int(retries or 0)
         if retries > 0:
             self.oom_retries.inc(retries)
+        for adjustment in report.get("adjustments") or ():
+            kind = str(adjustment.get("kind", "other"))
+            if kind == "evicted":
+                self.evictions.inc()
+                self.evicted_bytes.inc(max(0, int(adjustment.get("freed_bytes") or 0)))
+            else:
+                self.recovered_in_place.labels(kind=kind if LEVER_PATTERN.fullmatch(kind) else "other").inc()
         return outcome
 
     def _record_peaks(self, predicted: object, measured: object) -> None:

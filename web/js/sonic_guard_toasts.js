@@ -5,6 +5,7 @@ import { api } from "../../../scripts/api.js";
 const EVENTS = {
   "sonic_guard.downgraded": ["warn", "Sonic Guard downgraded the run"],
   "sonic_guard.oom_recovered": ["warn", "Sonic Guard recovered from out-of-memory"],
+  "sonic_guard.evicted": ["info", "Sonic Guard made room by unloading another model"],
   "sonic_guard.refused": ["error", "Sonic Guard: the run does not fit"],
 };
 const LIFE_MS = 15000;
