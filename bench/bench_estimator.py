@@ -6,7 +6,6 @@ Run: .venv/bin/python bench/bench_estimator.py  ->  bench/results/estimator.json
 from __future__ import annotations
 
 import json
-import platform
 import resource
 import sys
 import time
@@ -16,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from results_file import write_results  # noqa: E402  (bench/ is on sys.path: run as python bench/bench_estimator.py)
 
 from sonic_guard.memory.estimator import MemoryEstimator  # noqa: E402
 from sonic_guard.memory.model_specs import ModelConfigs  # noqa: E402
@@ -27,7 +27,6 @@ GIB = 1024**3
 RESOLUTIONS = (384, 512, 768, 1024)
 AUDIO_SECONDS = (5.0, 60.0, 600.0)
 PLAN_FREE_BYTES = 8 * GIB
-COMMAND = ".venv/bin/python bench/bench_estimator.py"
 ALLOCATOR = "cudaMallocAsync"
 NEUTRAL = dict(offload_idle_models=True, ff_chunk=4, cfg_batch=1, decode_chunk=2)
 
@@ -51,7 +50,7 @@ def main() -> None:
 
     # Pre-flight: the planner's full decision for a 1024^2 request on a fresh estimator, then the same again.
     # The allocator overhead for cudaMallocAsync, which ComfyUI selects on CUDA builds of torch (native: +35 %
-    # of activations instead of +10 %; bench/results/gpu_h100.json has both measured).
+    # of activations instead of +10 %; both were measured on an H100 in an earlier session, see the README).
     estimator = MemoryEstimator(ModelConfigs.full_size(), allocator=ALLOCATOR)
     request = RunRequest(image_width=1024, image_height=1024, min_resolution=1024, audio_seconds=10.0)
     t0 = time.perf_counter()
@@ -81,8 +80,7 @@ def main() -> None:
         })
 
     result = {
-        "command": COMMAND,
-        "host": {"python": platform.python_version(), "torch": torch.__version__, "cpus": torch.get_num_threads()},
+        "torch_threads": torch.get_num_threads(),
         "cpu_max_rel_error": round(max(v.relative_error for v in validation), 5),
         "cpu_validation": [
             {"attention": v.attention, "batch_frames_px": list(v.shape), "simulated_bytes": v.simulated_bytes,
@@ -105,7 +103,7 @@ def main() -> None:
         "notes": [
             "peak_gib includes the default allocator overhead for cudaMallocAsync (256 MiB + 10 % of each stage's "
             "activations); tensor_peak_gib is the simulated tensor peak (what torch.cuda.max_memory_allocated "
-            "shows: +0.9 to +2.2 % on an H100, bench/results/gpu_h100.json)",
+            "shows on a GPU)",
             "official_plan: 3 CFG branches batched, decode chunk 8, every model resident, flash attention, fp16",
             "audio duration does not change the peak: whole-clip latents live on the host and decoded frames "
             "stream; only time grows",
@@ -113,9 +111,7 @@ def main() -> None:
         "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "total_bench_s": round(time.perf_counter() - started, 1),
     }
-    out = ROOT / "bench" / "results" / "estimator.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(ROOT / "bench" / "results" / "estimator.json", result)
     print(json.dumps({k: result[k] for k in ("cpu_max_rel_error", "preflight_cold_s", "preflight_cached_s",
                                              "plan_1024_peak_gib", "max_rss_mib", "total_bench_s")}))
 

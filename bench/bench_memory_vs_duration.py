@@ -12,12 +12,8 @@ host RAM ratio <= 1.2 (memory must not grow with the audio's length).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -26,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results_file import write_results  # bench/ is on sys.path: run as python bench/bench_memory_vs_duration.py
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -134,8 +131,6 @@ def main() -> int:
 
     from sonic_guard.models.tiny import write_tiny_model_set
 
-    python = os.path.relpath(sys.executable, Path.cwd()) if ".venv" in sys.executable else sys.executable
-    command = " ".join(shlex.quote(part) for part in [python, *sys.argv])
     with tempfile.TemporaryDirectory(prefix="sonic_mem_bench_") as work:
         models = Path(work) / "tiny-sonic"
         write_tiny_model_set(models, seed=0)
@@ -157,7 +152,8 @@ def main() -> int:
     if short["peak_vram_bytes"] and long["peak_vram_bytes"]:
         summary[f"vram_ratio_{label}"] = round(long["peak_vram_bytes"] / short["peak_vram_bytes"], 4)
     else:
-        summary["vram_note"] = "not measured: no CUDA device where this ran"
+        summary[f"vram_ratio_{label}"] = None
+        summary["vram_not_measured_reason"] = "no CUDA device was available where this ran"
     report = {
         **summary,
         "target": {"host_ram_ratio_max": 1.2},
@@ -166,12 +162,8 @@ def main() -> int:
                      "path": "sonic_guard.pipeline.generate (one clip, not segmented)",
                      "resolution": args.resolution, "steps": args.steps, "interpolation": args.interpolation,
                      "torch_threads": args.threads},
-        "command": command,
-        "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"python": platform.python_version(), "machine": platform.machine()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_results(args.out, report)
     for key, value in summary.items():
         print(f"{key}: {value}")
     print(f"written to {args.out}")
