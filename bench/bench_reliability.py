@@ -1,20 +1,23 @@
 """Reliability bench through a real ComfyUI server: every bad input of tests/hardening_cases.py, then a soak of
-consecutive small runs, with the server's RSS, threads, open files, live tensors and temp files before and after.
+two soaks of consecutive small runs, with the server's RSS, threads, open files, live tensors and temp files
+before and after.
 
-    .venv/bin/python bench/bench_reliability.py --soak-runs 200 --soak-budget-s 1200
+    python bench/bench_reliability.py --soak-runs 200 --soak-budget-s 1200
 
-Writes bench/results/reliability.json. The soak stops early when its time budget runs out and says so
-(`soak_runs` is what really ran). Each soak run: 0.5 s of real speech, 128 px, 1 step, no interpolation, the small
-random model set; ComfyUI runs with --cache-none, so every run also reloads the models.
+Writes bench/results/reliability.json, whole, through bench/results_file.py (with the command, versions, machine
+and date). The two soaks run one after the other on the same server: `soak_history_cleared` clears ComfyUI's
+/history after every run (what the pack itself keeps), `soak_history_kept` does not (ComfyUI keeps every prompt and
+its outputs, up to 10000). Each soak stops early when its time budget runs out and says so (`runs` is what really
+ran). Each soak run: 0.5 s of real speech, 128 px, 1 step, no interpolation, the small random model set; ComfyUI
+runs with --cpu --cache-none, so every run also reloads the models. The RSS growth limit is the CI soak's
+(tests/test_hardening_soak.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,7 +29,7 @@ for extra in (REPO, REPO / "tests", REPO / "scripts"):
     sys.path.insert(0, str(extra))
 
 from comfy_host import ComfyServer  # noqa: E402
-from hardening_cases import CASES, portrait, quick_prompt, save_image, speak  # noqa: E402
+from hardening_cases import CASES, QUICK, portrait, quick_prompt, save_image, speak  # noqa: E402
 from hardening_server import (  # noqa: E402
     evaluate,
     execution_error_of,
@@ -37,9 +40,13 @@ from hardening_server import (  # noqa: E402
     server_resources,
     wait_finished,
 )
+from results_file import write_results  # noqa: E402  (bench/ is on sys.path: run as python bench/...)
+from test_hardening_soak import RSS_GROWTH_LIMIT  # noqa: E402
 
 logger = logging.getLogger("bench_reliability")
 NODE_IDS = ("SonicGuardModelLoader", "SonicGuardLoadAudio", "SonicGuardGenerate")
+SERVER_FLAGS = ("--cache-none",)  # comfy_host adds --cpu
+SOAKS = ("history-cleared", "history-kept")
 # Until the pack wires nodes/diagnostics.py itself, the bench's own server gets it from a one-file custom node,
 # so live tensors are counted in the server process.
 PROBE = """
@@ -70,8 +77,19 @@ def start_server(base: Path) -> ComfyServer:
     probe.mkdir(parents=True, exist_ok=True)
     (probe / "__init__.py").write_text(PROBE.format(path=str(REPO / "nodes" / "diagnostics.py")))
     # One OpenMP thread: on a shared CPU, small kernels spin-wait on each other with more.
-    return ComfyServer.start(base, extra_args=["--cache-none"], required_nodes=NODE_IDS,
-                             env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    return ComfyServer.start(base, extra_args=list(SERVER_FLAGS), required_nodes=NODE_IDS,
+                             env={"OMP_NUM_THREADS": omp_threads()})
+
+
+def omp_threads() -> str:
+    return os.environ.get("OMP_NUM_THREADS", "1")
+
+
+def describe_server(server: ComfyServer) -> dict:
+    stats = server.get_json("/system_stats")
+    return {"comfyui_version": stats["system"].get("comfyui_version"), "flags": ["--cpu", *SERVER_FLAGS],
+            "omp_num_threads": int(omp_threads()), "devices": [d.get("type") for d in stats.get("devices", [])],
+            "models": "small random model set (sonic_guard.models.tiny), official layout"}
 
 
 def valid_run(server: ComfyServer, seed: int = 0) -> float:
@@ -114,7 +132,8 @@ def bad_inputs(server: ComfyServer) -> dict:
     }
 
 
-def soak(server: ComfyServer, runs: int, budget_s: float, clear_history: bool = False) -> dict:
+def soak(server: ComfyServer, runs: int, budget_s: float, clear_history: bool) -> dict:
+    server.post_json("/history", {"clear": True})  # each soak starts from an empty history
     for seed in range(3):
         valid_run(server, seed)
     baseline = server_resources(server)
@@ -136,23 +155,35 @@ def soak(server: ComfyServer, runs: int, budget_s: float, clear_history: bool = 
     gpu = None
     if final.get("gpu") and baseline.get("gpu"):
         gpu = final["gpu"]["allocated"] - baseline["gpu"]["allocated"]
-    return {
-        "soak_runs": len(seconds),
-        "soak_runs_requested": runs,
-        "soak_stopped_by_budget": len(seconds) < runs,
-        "soak_seconds": round(time.monotonic() - started, 1),
-        "soak_run_seconds_median": round(statistics.median(seconds), 2) if seconds else None,
-        "soak_rss_growth": round(final["rss_bytes"] / baseline["rss_bytes"] - 1, 4),
-        "soak_rss_mib": [round(s["rss_bytes"] / 2**20, 1) for s in samples],
-        "soak_live_tensors": [baseline.get("live_tensors"), final.get("live_tensors")],
-        "soak_threads": [baseline["os_threads"], final["os_threads"]],
-        "soak_open_files": [baseline["open_files"], final["open_files"]],
-        "soak_temp_files_after": final["temp_files"],
-        "soak_gpu_allocated_growth_bytes": gpu,
-        "soak_samples": samples,
+    rss_growth = final["rss_bytes"] / baseline["rss_bytes"] - 1
+    rss_mib = [round(s["rss_bytes"] / 2**20, 1) for s in samples]
+    result = {
+        "history_cleared_each_run": clear_history,
+        "runs": len(seconds),
+        "runs_requested": runs,
+        "stopped_by_budget": len(seconds) < runs,
+        "budget_s": budget_s,
+        "seconds": round(time.monotonic() - started, 1),
+        "run_seconds_median": round(statistics.median(seconds), 2) if seconds else None,
+        "rss_growth": round(rss_growth, 4),
+        "rss_growth_within_limit": rss_growth <= RSS_GROWTH_LIMIT,
+        "rss_mib_per_run": round((rss_mib[-1] - rss_mib[0]) / len(seconds), 4) if seconds else None,
+        # The largest rise between two samples (10 runs apart): a step, not a creep, when far above the median rise.
+        "rss_largest_rise_between_samples_mib": round(max(b - a for a, b in zip(rss_mib, rss_mib[1:])), 1),
+        "rss_mib": rss_mib,
+        "live_tensors": [baseline.get("live_tensors"), final.get("live_tensors")],
+        "threads": [baseline["os_threads"], final["os_threads"]],
+        "open_files": [baseline["open_files"], final["open_files"]],
+        "temp_files_after": final["temp_files"],
+        "gpu_allocated_growth_bytes": gpu,
+        "samples": samples,
         # Object types whose count grew most (among the 60 most numerous before and after): what a slow leak is.
-        "soak_object_growth": dict(sorted(((k, v) for k, v in growth.items() if v > 0), key=lambda kv: -kv[1])[:15]),
+        "object_growth": dict(sorted(((k, v) for k, v in growth.items() if v > 0), key=lambda kv: -kv[1])[:15]),
+        "object_growth_per_run": {k: round(v / len(seconds), 2) for k, v in growth.items() if v > 0 and seconds},
     }
+    if gpu is None:
+        result["gpu_not_measured_reason"] = "no CUDA device was available (the bench's ComfyUI server runs with --cpu)"
+    return result
 
 
 def cancel_and_load(server: ComfyServer, burst: int = 120, workers: int = 6) -> dict:
@@ -192,12 +223,13 @@ def cancel_and_load(server: ComfyServer, burst: int = 120, workers: int = 6) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--soak-runs", type=int, default=200)
-    parser.add_argument("--soak-budget-s", type=float, default=1200.0)
+    parser.add_argument("--soak-runs", type=int, default=200, help="runs per soak")
+    parser.add_argument("--soak-budget-s", type=float, default=1200.0, help="time budget per soak")
+    parser.add_argument("--soaks", nargs="*", default=list(SOAKS), choices=SOAKS,
+                        help="history-cleared: clear ComfyUI's /history after every run (the pack's own growth); "
+                             "history-kept: keep it (ComfyUI's growth too)")
     parser.add_argument("--skip-bad-inputs", action="store_true")
     parser.add_argument("--skip-cancel-load", action="store_true")
-    parser.add_argument("--clear-history", action="store_true",
-                        help="clear ComfyUI's /history after every soak run (separates its growth from ours)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "reliability.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -205,22 +237,23 @@ def main() -> None:
         server = start_server(Path(work))
         try:
             result: dict = {
-                "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
-                            "python": platform.python_version(), "gpu": None},
-                "server": "ComfyUI 0.3.75, --cpu --cache-none, OMP_NUM_THREADS=1, small random model set",
-                "run": "0.5 s real speech, 128 px, 1 step, no interpolation",
+                "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+                "server": describe_server(server),
+                "run": {"workflow": "workflows/sonic_basic_api.json", "generator_inputs": QUICK,
+                        "audio": "real espeak-ng speech", "image": "skimage astronaut portrait"},
+                "measurement": server_resources(server).get("source"),
+                "soak_rss_growth_limit": RSS_GROWTH_LIMIT,
             }
             if not args.skip_bad_inputs:
                 result.update(bad_inputs(server))
             if not args.skip_cancel_load:
                 result.update(cancel_and_load(server))
-            result.update(soak(server, args.soak_runs, args.soak_budget_s, args.clear_history))
-            result["soak_history_cleared_each_run"] = args.clear_history
-            result["measurement"] = server_resources(server).get("source")
+            for name in args.soaks:
+                key = "soak_" + name.replace("-", "_")
+                result[key] = soak(server, args.soak_runs, args.soak_budget_s, clear_history=name == "history-cleared")
         finally:
             server.stop()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    write_results(args.out, result)
     logger.info("wrote %s", args.out)
 
 
