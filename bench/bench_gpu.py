@@ -1,8 +1,10 @@
 """GPU calibration and validation of the memory model, on full-size random models and real CUDA.
 
 Peak memory does not depend on weight values, so a random model set in the official layout and at the official
-sizes (`sonic_guard.models.full_random`) stands in for the real checkpoints. Phases (each one's result is written
-to the results file as soon as it ends, so a run cut off by a time limit keeps what it finished):
+sizes (`sonic_guard.models.full_random`) stands in for the real checkpoints. The results file is one run of this
+bench, written whole through bench/results_file.py (command, versions, machine, date, commit) after every phase, so
+a run cut off by a time limit keeps what it finished (`complete` says whether every requested phase ran). One
+allocator per run: set PYTORCH_CUDA_ALLOC_CONF and give each allocator its own --out. Phases:
 
   env        torch / CUDA / device; NVML's used memory vs torch.cuda.mem_get_info and the allocator's reserve
   models     write the random full-size set (fp16), load it through the real loader, cast to fp16
@@ -20,8 +22,12 @@ to the results file as soon as it ends, so a run cut off by a time limit keeps w
   soak       consecutive small runs: device memory after each, once the models are back on the CPU (must not grow)
   duration   5 s vs 60 s of speech at 512 px, one step: peak VRAM must not grow with the audio
 
-    python bench/bench_gpu.py --audio-dir DIR --out bench/results/gpu_h100.json [--phases ...]
-    python bench/bench_gpu.py --tiny     # dry run of every phase on the CPU with the small model (no GPU figures)
+    python bench/bench_gpu.py --audio-dir DIR [--out bench/results/gpu.json] [--phases ...]
+    python bench/bench_gpu.py --tiny     # dry run of every phase on the CPU with the small model (no GPU figures;
+                                         # written to the temp folder unless --out is given)
+
+Without a CUDA device (and without --tiny) nothing is measured: the results file is still written, with every
+figure of its `summary` null and `not_measured_reason` saying why.
 
 DIR holds speech_5s.wav and speech_60s.wav (espeak-ng speech; `--make-audio DIR` writes them where espeak-ng is).
 """
@@ -29,7 +35,6 @@ DIR holds speech_5s.wav and speech_60s.wav (espeak-ng speech; `--make-audio DIR`
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import json
 import logging
@@ -50,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+from results_file import write_results  # noqa: E402  (bench/ is on sys.path: run as python bench/bench_gpu.py)
 
 from sonic_guard.audio_input import LoadedAudio, audio_from_comfy, fit_duration  # noqa: E402
 from sonic_guard.job import JobEnvironment, JobRequest, model_configs_of, run_job  # noqa: E402
@@ -69,6 +75,19 @@ MODEL_SETS = ("stable-video-diffusion-img2vid-xt", "whisper-tiny", "Sonic", "RIF
 PLACED = ("unet", "audio_token_projector", "motion_bucket_predictor", "whisper_encoder", "vae", "image_encoder",
           "rife")
 CAST_TO_HALF = ("unet", "vae", "image_encoder")  # as the loader node does; whisper and the adapters stay fp32
+# The headline figures (what the README's GPU table shows), each null when its phase did not run or failed.
+SUMMARY_KEYS = (
+    "window_activations_largest_size", "tensor_peak_error_by_size", "least_needed_over_simulated_by_size",
+    "run_under_cap", "guard_auto_under_caps", "guard_off_under_smallest_cap", "vram_ratio_60s_vs_5s",
+    "seconds_per_unet_call_by_size", "soak_allocated_growth_bytes",
+)
+SUMMARY_PHASES = {
+    "window_activations_largest_size": "breakdown", "tensor_peak_error_by_size": "validate",
+    "least_needed_over_simulated_by_size": "calibrate", "run_under_cap": "tightness",
+    "guard_auto_under_caps": "guard", "guard_off_under_smallest_cap": "guard", "vram_ratio_60s_vs_5s": "duration",
+    "seconds_per_unet_call_by_size": "validate", "soak_allocated_growth_bytes": "soak",
+}
+NO_CUDA = "no CUDA device was available (torch.cuda.is_available() is False)"
 
 
 def gib(value: int | float | None) -> float | None:
@@ -138,18 +157,20 @@ class Bench:
         self.work = Path(tempfile.mkdtemp(prefix="sonic_gpu_bench_"))
         self.history = RunHistory(self.work / "history.sqlite")
         self.models: SonicModelSet | None = None
-        self.results: dict[str, Any] = {"command": " ".join(sys.argv), "phases": {},
-                                        "allocator": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "native"}
-        if args.out.is_file() and args.merge:
-            self.results = json.loads(args.out.read_text())
-            self.results.setdefault("phases", {})
+        self.results: dict[str, Any] = {
+            "dry_run_on_cpu": bool(args.tiny), "allocator": allocator(), "phases_requested": list(args.phases),
+            "complete": False, "summary": {}, "phases": {},
+        }
 
     # -- helpers --------------------------------------------------------------------------------------------
 
     def save(self) -> None:
-        self.results["written_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        self.args.out.parent.mkdir(parents=True, exist_ok=True)
-        self.args.out.write_text(json.dumps(self.results, indent=1, default=str) + "\n")
+        """The whole file again, from this run only (never merged with an older one)."""
+        phases = self.results["phases"]
+        self.results["complete"] = all(name in phases and not phases[name].get("partial")
+                                       for name in self.args.phases)
+        self.results["summary"] = summarize(phases)
+        write_results(self.args.out, self.results)
 
     def ensure_models(self) -> SonicModelSet:
         if self.models is None:
@@ -474,6 +495,84 @@ class Bench:
         return out
 
 
+def allocator() -> str:
+    return os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "native"
+
+
+def summarize(phases: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures from the phases that ran; `not_measured` gives the reason for each null one."""
+
+    def result(name: str) -> Any:
+        entry = phases.get(name)
+        if not entry or not entry.get("ok") or entry.get("partial"):
+            return None
+        value = entry["result"]
+        return None if isinstance(value, dict) and "skipped" in value else value
+
+    def by_size(rows: list[dict[str, Any]] | None, key: str) -> dict[str, Any] | None:
+        return {str(row["size"]): row.get(key) for row in rows} if rows else None
+
+    summary: dict[str, Any] = dict.fromkeys(SUMMARY_KEYS)
+    window = (result("breakdown") or {}).get("flash_ff4")
+    if window and "error" not in window:
+        simulated, measured = window["simulated_activation_gib"], window["measured_activation_gib"]
+        summary["window_activations_largest_size"] = {
+            "simulated_gib": simulated, "measured_gib": measured,
+            "relative_error": round(measured / simulated - 1, 4) if simulated else None}
+    validate = result("validate")
+    summary["tensor_peak_error_by_size"] = by_size(validate, "tensor_error")
+    summary["seconds_per_unet_call_by_size"] = by_size(validate, "seconds_per_unet_call")
+    calibration = result("calibrate")
+    if calibration and calibration.get("windows"):
+        summary["least_needed_over_simulated_by_size"] = {
+            "allocator": calibration.get("allocator"), **by_size(calibration["windows"], "ratio")}
+    tightness = result("tightness")
+    if tightness:
+        summary["run_under_cap"] = [{k: row.get(k) for k in ("plan", "size", "cap", "cap_gib", "finished")}
+                                    for row in tightness]
+    guard = result("guard")
+    if guard:
+        def outcome(row: dict[str, Any]) -> dict[str, Any]:
+            return {"cap_gib": row.get("cap_gib"), "policy": row.get("policy"), "finished": "error" not in row,
+                    "levers_applied": row.get("levers_applied"), "downgrades": row.get("downgrades"),
+                    "retries": row.get("retries"), "error": row.get("error")}
+
+        summary["guard_auto_under_caps"] = [outcome(row) for row in guard if row.get("policy") == "auto"]
+        off = [row for row in guard if row.get("policy") == "off"]
+        summary["guard_off_under_smallest_cap"] = outcome(off[-1]) if off else None
+    duration = result("duration")
+    if duration and duration.get("vram_allocated_ratio_60s_vs_5s") is not None:
+        summary["vram_ratio_60s_vs_5s"] = {"allocated": duration["vram_allocated_ratio_60s_vs_5s"],
+                                           "reserved": duration["vram_reserved_ratio_60s_vs_5s"]}
+    soak = result("soak")
+    if soak:
+        summary["soak_allocated_growth_bytes"] = soak.get("allocated_growth_bytes")
+    not_measured = {}
+    for key in SUMMARY_KEYS:
+        if summary[key] is None:
+            phase = SUMMARY_PHASES[key]
+            entry = phases.get(phase)
+            if entry is None:
+                not_measured[key] = f"phase {phase} did not run"
+            elif not entry.get("ok"):
+                not_measured[key] = f"phase {phase} failed: {entry.get('error')}"
+            elif entry.get("partial"):
+                not_measured[key] = f"phase {phase} was cut off before it finished"
+            else:
+                skipped = entry["result"].get("skipped") if isinstance(entry["result"], dict) else None
+                not_measured[key] = f"phase {phase}: {skipped or 'no GPU figure (no CUDA device in this run)'}"
+    summary["not_measured"] = not_measured
+    return summary
+
+
+def not_measured_results(args: argparse.Namespace, reason: str) -> dict[str, Any]:
+    """What a run without a CUDA device writes: the same summary, every figure null, and why."""
+    summary: dict[str, Any] = dict.fromkeys(SUMMARY_KEYS)
+    summary["not_measured"] = dict.fromkeys(SUMMARY_KEYS, reason)
+    return {"dry_run_on_cpu": False, "allocator": allocator(), "phases_requested": list(args.phases),
+            "complete": False, "not_measured_reason": reason, "summary": summary, "phases": {}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
@@ -483,14 +582,21 @@ def main() -> int:
     parser.add_argument("--soak-runs", type=int, default=10)
     parser.add_argument("--audio-dir", type=Path, default=REPO / ".gpu")
     parser.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "sonic-full-random")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gpu.json")
-    parser.add_argument("--merge", action="store_true", help="keep the phases already in --out")
+    parser.add_argument("--out", type=Path, help="results file (default bench/results/gpu.json; with --tiny, "
+                                                 "sonic_gpu_bench_tiny.json in the temp folder)")
     parser.add_argument("--tiny", action="store_true", help="dry run on the CPU with the small model")
     parser.add_argument("--make-audio", type=Path, help="write speech_5s.wav and speech_60s.wav here and exit")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.make_audio:
         make_audio(args.make_audio)
+        return 0
+    if args.out is None:
+        args.out = (Path(tempfile.gettempdir()) / "sonic_gpu_bench_tiny.json" if args.tiny
+                    else REPO / "bench" / "results" / "gpu.json")
+    if not args.tiny and not torch.cuda.is_available():
+        write_results(args.out, not_measured_results(args, NO_CUDA))
+        logger.warning("nothing measured: %s; wrote %s with every figure null", NO_CUDA, args.out)
         return 0
     if args.tiny:
         args.sizes = [128] if args.sizes == [512, 768, 1024] else args.sizes
