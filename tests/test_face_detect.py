@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import cv2
@@ -90,15 +89,13 @@ def test_wrong_array_kinds(detector: OpenCvFaceDetector) -> None:
         detect_faces(np.zeros((100, 100, 3), np.float32), detector)
 
 
-def test_huge_image_is_fast(detector: OpenCvFaceDetector, astronaut: np.ndarray) -> None:
+def test_huge_image_finds_the_face(detector: OpenCvFaceDetector, astronaut: np.ndarray) -> None:
+    # How long an 8K portrait takes (vs 2K and 4K): bench/bench_huge_image.py.
     big = cv2.resize(astronaut, (4320, 4320), interpolation=cv2.INTER_LINEAR)
     huge = np.pad(big, ((0, 0), (1680, 1680), (0, 0)))
     assert huge.shape == (4320, 7680, 3)
-    start = time.perf_counter()
     face = detect_faces(huge, detector)[0]
-    elapsed = time.perf_counter() - start
     _assert_astronaut_face(face, offset=(1680 / (4320 / 512), 0), scale=4320 / 512)
-    assert elapsed < 10.0, elapsed
 
 
 def test_make_face_detector_choice(tmp_path: Path) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from sonic_guard.memory.calibration import AllocatorCalibration
@@ -31,9 +29,7 @@ def test_repeat_estimate_is_answered_from_the_cache(estimator: MemoryEstimator) 
     plan = ExecutionPlan(width=192, height=128, dtype="float32", decode_chunk=3)
     first = estimator.estimate(plan, exact=True)
     misses = estimator.cache.misses
-    started = time.perf_counter()
-    second = estimator.estimate(plan, exact=True)
-    assert time.perf_counter() - started < 0.05
+    second = estimator.estimate(plan, exact=True)  # how fast a cached pre-flight is: bench/bench_estimator.py
     assert estimator.cache.misses == misses
     assert second.peak_bytes == first.peak_bytes
     assert second.cache_hits >= 4
