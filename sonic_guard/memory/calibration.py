@@ -36,9 +36,10 @@ class AllocatorCalibration:
     needs beyond the live activations (rounding, split blocks, segments it cannot reuse for a differently sized
     tensor). It applies to activations only: weights are allocated once, at load, and pack tightly.
 
-    Measured on an H100 (bench/results/gpu_h100.json): the least memory one UNet window needs exceeds its weights
-    + simulated activations by 1-7 % of the activations under cudaMallocAsync (ComfyUI's default) or expandable
-    segments, and by 25-30 % under PyTorch's native caching allocator.
+    Measured on an H100 in an earlier session (torch 2.11; no longer in a results file: the hand-assembled
+    bench/results/gpu_h100.json is in git history, and bench/bench_gpu.py measures it again): the least memory one
+    UNet window needs exceeds its weights + simulated activations by 1-7 % of the activations under cudaMallocAsync
+    (ComfyUI's default) or expandable segments, and by 25-30 % under PyTorch's native caching allocator.
     """
 
     fixed_bytes: int = 256 * MIB
