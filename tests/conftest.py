@@ -84,7 +84,9 @@ def comfy_server(
     (base / "input").mkdir(exist_ok=True)
     shutil.copy(speech_wav, base / "input" / "speech.wav")
     shutil.copy(portrait_png, base / "input" / "portrait.png")
-    server = ComfyServer.start(base, extra_args=["--cache-none"], required_nodes=ALL_NODE_IDS)
+    # The hardening tests read /sonic/debug/resources (live tensors, the object census): off unless asked for.
+    server = ComfyServer.start(base, extra_args=["--cache-none"], required_nodes=ALL_NODE_IDS,
+                               env={"SONIC_GUARD_DIAGNOSTICS": "1"})
     try:
         yield server
     finally:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from comfy_host import ComfyServer, execution_error
 from hardening_cases import Case, quick_prompt
 
@@ -93,36 +94,39 @@ def evaluate(server: ComfyServer, case: Case, timeout_s: float = 300.0) -> Outco
 _TEMPORARY_MARKERS = (".tmp", ".partial.")
 
 
-def _thread_count(proc: Path) -> int:
+def _thread_count(process: psutil.Process) -> int:
     time.sleep(0.2)
-    return len(os.listdir(proc / "task"))
+    return process.num_threads()
 
 
-def _proc_resources(server: ComfyServer) -> dict:
-    """The same figures read from outside through /proc, when the diagnostics route is not wired."""
-    proc = Path("/proc") / str(server.process.pid)
-    rss_kb = next(int(line.split()[1]) for line in (proc / "status").read_text().splitlines()
-                  if line.startswith("VmRSS:"))
+def _outside_resources(server: ComfyServer) -> dict:
+    """The same figures read from outside the process (psutil), when the diagnostics route is not wired."""
+    process = psutil.Process(server.process.pid)
     temp = sum(any(m in name for m in _TEMPORARY_MARKERS)
                for _, _, files in os.walk(server.base / "output") for name in files)
     # Short-lived threads (a request being served, a subprocess reader) come and go: the least of a few reads
     # is the number the process keeps.
-    threads = min(_thread_count(proc) for _ in range(5))
-    return {"rss_bytes": rss_kb * 1024, "os_threads": threads,
-            "open_files": len(os.listdir(proc / "fd")), "temp_files": temp, "live_tensors": None,
-            "threads": None, "gpu": None, "source": "proc"}
+    threads = min(_thread_count(process) for _ in range(5))
+    open_files = process.num_fds() if hasattr(process, "num_fds") else process.num_handles()
+    return {"rss_bytes": process.memory_info().rss, "os_threads": threads, "open_files": open_files,
+            "temp_files": temp, "live_tensors": None, "threads": None, "gpu": None, "source": "psutil"}
 
 
 def server_resources(server: ComfyServer) -> dict:
-    """GET /sonic/debug/resources?trim=1 (live tensors included), else /proc figures without tensor counts."""
+    """GET /sonic/debug/resources?trim=1 (live tensors included), else psutil figures without tensor counts when
+    the route is not wired (404). A server started without SONIC_GUARD_DIAGNOSTICS=1 answers 403: an error here,
+    not a silent loss of the tensor counts."""
     import urllib.error
 
     try:
         snapshot = server.get_json("/sonic/debug/resources?trim=1", timeout=60)
     except urllib.error.HTTPError as error:
+        if error.code == 403:
+            raise RuntimeError(f"the server's resource route is off: {error.read().decode(errors='replace')}") \
+                from error
         if error.code != 404:
             raise
-        return _proc_resources(server)
+        return _outside_resources(server)
     snapshot["source"] = "route"
     return snapshot
 
