@@ -87,11 +87,18 @@ def job(tmp_path: Path, audio, **settings) -> JobRequest:
     )
 
 
-@pytest.mark.parametrize("stage", ["preprocess", "audio_features", "sampling", "decode", "encode"])
+# Every stage the engine times; bench/bench_trust.py counts failures of this test as unreported recoveries.
+RECOVERY_STAGES = ["preprocess", "audio_features", "sampling", "decode", "interpolation", "encode"]
+
+
+@pytest.mark.parametrize("stage", RECOVERY_STAGES)
 def test_oom_in_any_stage_is_recovered_with_the_next_rung(models, short_speech, tmp_path: Path, stage: str) -> None:
-    env, events = environment(models, 64 * GIB, InjectOom(stage))
-    outcome = run_job(models, job(tmp_path, short_speech), env)
+    observer = InjectOom(stage)
+    env, events = environment(models, 64 * GIB, observer)
+    settings = {"interpolation": "blend"} if stage == "interpolation" else {}  # "none" has no such stage
+    outcome = run_job(models, job(tmp_path, short_speech, **settings), env)
     report = outcome.report
+    assert observer.fired, f"no stage called {stage!r} ran"
     assert report["outcome"] == "success"
     assert len(report["retries"]) == 1
     retry = report["retries"][0]
@@ -176,16 +183,3 @@ def test_oom_inside_decode_halves_the_chunk_and_is_reported(models, short_speech
     assert adjustment["lever"] in report["levers_applied"]
     assert "oom_recovered" in events
 
-
-def test_every_recovery_is_in_the_report(models, short_speech, tmp_path: Path) -> None:
-    """An OOM injected at every stage, and inside decode, is found in the report: nothing is recovered silently."""
-    unreported = []
-    for stage in ["preprocess", "audio_features", "sampling", "decode", "interpolation", "encode"]:
-        env, _ = environment(models, 64 * GIB, InjectOom(stage))
-        settings = {"interpolation": "blend"} if stage == "interpolation" else {}
-        request = job(tmp_path, short_speech, **settings)
-        report = run_job(models, request, env).report
-        if env.hooks.observer.fired and not report["retries"]:
-            unreported.append(stage)
-        assert env.hooks.observer.fired, f"no stage called {stage!r} ran"
-    assert unreported == []
