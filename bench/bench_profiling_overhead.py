@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sonic_guard.telemetry import ProfilingConfig, Telemetry, run_tags  # noqa: E402
+from sonic_guard.telemetry.profiling_config import DEFAULT_SAMPLE_RATE_HZ  # noqa: E402
 
 STAGES = ("preprocess", "audio_features", "sampling", "decode", "interpolation", "encode")
 
@@ -97,7 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--seconds-per-rep", type=float, default=2.0)
-    parser.add_argument("--sample-rate", type=int, default=100, help="pyroscope sample rate in Hz")
+    parser.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE_HZ,
+                        help="pyroscope sample rate in Hz (default: the pack's)")
     parser.add_argument("--steps-per-stage", type=int, default=10, help="workload steps (~0.7 ms) per stage")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "profiling_overhead.json")
     args = parser.parse_args()
