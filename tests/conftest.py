@@ -73,17 +73,22 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def comfy_server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_models: Path, speech_wav: Path, portrait_png: Path
-) -> Iterator[ComfyServer]:
-    """A real ComfyUI 0.3.75 server with the pack, the small model set and real inputs."""
-    base = tmp_path_factory.mktemp("comfy")
+def server_base_dir(base: Path, tiny_models: Path, speech_wav: Path, portrait_png: Path) -> Path:
+    """A ComfyUI base folder with the small model set as models/sonic/tiny-sonic and the real inputs."""
     (base / "models" / "sonic").mkdir(parents=True)
     shutil.copytree(tiny_models, base / "models" / "sonic" / "tiny-sonic")
     (base / "input").mkdir(exist_ok=True)
     shutil.copy(speech_wav, base / "input" / "speech.wav")
     shutil.copy(portrait_png, base / "input" / "portrait.png")
+    return base
+
+
+@pytest.fixture(scope="session")
+def comfy_server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: Path, speech_wav: Path, portrait_png: Path
+) -> Iterator[ComfyServer]:
+    """A real ComfyUI 0.3.75 server with the pack, the small model set and real inputs."""
+    base = server_base_dir(tmp_path_factory.mktemp("comfy"), tiny_models, speech_wav, portrait_png)
     # The hardening tests read /sonic/debug/resources (live tensors, the object census): off unless asked for.
     server = ComfyServer.start(base, extra_args=["--cache-none"], required_nodes=ALL_NODE_IDS,
                                env={"SONIC_GUARD_DIAGNOSTICS": "1"})

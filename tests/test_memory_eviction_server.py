@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import urllib.error
 from pathlib import Path
 
 import pytest
 from comfy_host import ComfyServer, execution_error
-from conftest import ALL_NODE_IDS
+from conftest import ALL_NODE_IDS, server_base_dir
 from workflow_files import api_workflow, fast_prompt
 
 HOG_NODE = "SonicGuardTestMemoryHog"
@@ -86,12 +85,7 @@ def cap_and_hog(model_root: Path) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def hog_server(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path, speech_wav: Path, portrait_png: Path):
-    base = tmp_path_factory.mktemp("comfy_evict")
-    (base / "models" / "sonic").mkdir(parents=True)
-    shutil.copytree(tiny_models, base / "models" / "sonic" / "tiny-sonic")
-    (base / "input").mkdir(exist_ok=True)
-    shutil.copy(speech_wav, base / "input" / "speech.wav")
-    shutil.copy(portrait_png, base / "input" / "portrait.png")
+    base = server_base_dir(tmp_path_factory.mktemp("comfy_evict"), tiny_models, speech_wav, portrait_png)
     hog_pack = base / "custom_nodes" / "sonic_guard_test_hog"
     hog_pack.mkdir(parents=True)
     (hog_pack / "__init__.py").write_text(HOG_SOURCE)

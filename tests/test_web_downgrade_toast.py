@@ -10,12 +10,11 @@ and the server sends `sonic_guard.downgraded`.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from comfy_host import ComfyServer, execution_error
-from conftest import ALL_NODE_IDS
+from conftest import ALL_NODE_IDS, server_base_dir
 from web_browser import dumps, editor_page, load_graph, screenshot, wait_for
 from workflow_files import fast_inputs, ui_workflow
 
@@ -50,12 +49,7 @@ def cap_needing_levers(model_root: Path) -> int:
 @pytest.fixture(scope="module")
 def capped_server(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path, speech_wav: Path,
                   portrait_png: Path):
-    base = tmp_path_factory.mktemp("comfy_capped")
-    (base / "models" / "sonic").mkdir(parents=True)
-    shutil.copytree(tiny_models, base / "models" / "sonic" / "tiny-sonic")
-    (base / "input").mkdir(exist_ok=True)
-    shutil.copy(speech_wav, base / "input" / "speech.wav")
-    shutil.copy(portrait_png, base / "input" / "portrait.png")
+    base = server_base_dir(tmp_path_factory.mktemp("comfy_capped"), tiny_models, speech_wav, portrait_png)
     cap = cap_needing_levers(base / "models" / "sonic" / "tiny-sonic")
     server = ComfyServer.start(base, extra_args=["--cache-none"], required_nodes=ALL_NODE_IDS,
                                env={"SONIC_GUARD_FREE_MEMORY_BYTES": str(cap)})
