@@ -1,0 +1,313 @@
+"""Render the README's results tables from bench/results/*.json, so no figure in them is typed by hand.
+
+README.md holds marked blocks:
+
+    <!-- results:NAME -->
+    ...generated...
+    <!-- /results:NAME -->
+
+Each block is rendered from bench/results/NAME.json (a table, then where the file came from: its provenance
+command, date and commit). A figure the file has as null is shown as "not measured" with the file's stated reason.
+
+    python scripts/render_readme_tables.py           # rewrite README.md in place
+    python scripts/render_readme_tables.py --check   # exit 1 with a diff if README.md differs (run in CI by
+                                                     # tests/test_results_provenance.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+RESULTS = REPO / "bench" / "results"
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
+MIB = 2**20
+
+
+class RenderError(Exception):
+    """A block names a results file that is missing, or the file lacks what its table needs."""
+
+
+# --- small formatting helpers -----------------------------------------------------------------------------------
+def not_measured(reason: str | None) -> str:
+    return f"not measured: {reason or 'no reason given in the results file'}"
+
+
+def percent(fraction: float, digits: int = 2, sign: bool = True) -> str:
+    return f"{fraction * 100:+.{digits}f} %" if sign else f"{fraction * 100:.{digits}f} %"
+
+
+def slash(values: list[Any], fmt: Callable[[Any], str] = str) -> str:
+    return " / ".join("–" if v is None else fmt(v) for v in values)
+
+
+def squared(sizes: list[str]) -> str:
+    return " / ".join(f"{s}²" for s in sizes)
+
+
+def arrow(pair: list[Any]) -> str:
+    return f"{pair[0]} → {pair[1]}"
+
+
+def table(rows: list[tuple[str, str]], header: tuple[str, str] = ("", "")) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |" if any(header) else "| | |", "|---|---|"]
+    lines += [f"| {left} | {right} |" for left, right in rows]
+    return lines
+
+
+def source_line(name: str, data: dict[str, Any]) -> str:
+    provenance = data.get("provenance")
+    if not provenance:
+        raise RenderError(f"bench/results/{name}.json has no provenance block: rerun its bench")
+    versions, machine = provenance["versions"], provenance["machine"]
+    gpu = machine.get("gpu")
+    device = f"GPU {gpu['name']}" if gpu else "no GPU"
+    commit = provenance.get("commit") or "unknown"
+    commit = commit[:7] + (" + uncommitted changes" if commit.endswith("-dirty") else "")
+    return (f"<sub>Rendered from `bench/results/{name}.json`, written by `{provenance['command']}` on "
+            f"{provenance['date_utc'][:10]} (commit {commit}; torch {versions.get('torch')}, Python "
+            f"{versions.get('python')}; {machine.get('cpus')} CPUs, {device}).</sub>")
+
+
+# --- one renderer per results file ------------------------------------------------------------------------------
+def render_estimator(data: dict[str, Any]) -> list[str]:
+    predictions = data["predictions"]
+    sizes = [p["resolution"].split("x")[0] for p in predictions]
+    plan = data["plan_1024"]
+    levers = ", ".join(plan["levers_applied"]) or "none"
+    downgrades = ", ".join(plan["downgrades"]) or "no downgrades"
+    return table([
+        ("simulation vs real CPU allocator peak (small SonicUNet)", f"{percent(data['cpu_max_rel_error'], sign=False)}"
+                                                                    " max error"),
+        ("pre-flight, full-size model, 1024², cold / cached",
+         f"{data['preflight_cold_s']:g} s / {data['preflight_cached_s']:.3f} s"),
+        (f"official settings, predicted peak at {squared(sizes)}",
+         slash([p["official_plan"]["peak_gib"] for p in predictions], lambda v: f"{v:.2f}") + " GiB"),
+        ("quality-neutral levers (no weight streaming), same sizes",
+         slash([p["quality_neutral_levers_plan"]["peak_gib"] for p in predictions], lambda v: f"{v:.2f}") + " GiB"),
+        ("same, 5 s / 60 s / 600 s of audio at 1024²",
+         slash([v["peak_gib"] for v in predictions[-1]["by_audio_duration"].values()], lambda v: f"{v:.2f}")
+         + " GiB"),
+        (f"1024² plan found for {plan['free_gib']:g} GiB free",
+         f"{data['plan_1024_peak_gib']:.2f} GiB predicted peak ({downgrades}; levers: {levers})"),
+    ])
+
+
+GPU_ROWS = (
+    ("window_activations_largest_size", "simulated vs measured activations, one UNet window at the largest size"),
+    ("tensor_peak_error_by_size", "simulated tensor peak vs `max_memory_allocated`, whole runs (policy off)"),
+    ("least_needed_over_simulated_by_size", "least memory one window needs (bisection under a real cap) over its "
+                                            "simulated peak"),
+    ("run_under_cap", "a whole run under a hard cap (its prediction, 5 % below, the bare tensor peak)"),
+    ("guard_auto_under_caps", "policy auto under real caps at the largest size"),
+    ("guard_off_under_smallest_cap", "policy off under the smallest cap"),
+    ("vram_ratio_60s_vs_5s", "peak VRAM, 60 s vs 5 s of speech"),
+    ("seconds_per_unet_call_by_size", "seconds per UNet call, 3 guidance branches batched"),
+    ("soak_allocated_growth_bytes", "device memory growth over the soak"),
+)
+
+
+def _gpu_value(key: str, value: Any) -> str:
+    def by_size(mapping: dict[str, Any], fmt: Callable[[Any], str]) -> str:
+        sizes = [k for k in mapping if k.isdigit()]
+        return f"{squared(sizes)}: {slash([mapping[s] for s in sizes], fmt)}"
+
+    def outcome(row: dict[str, Any]) -> str:
+        cap = f"{row['cap_gib']:g} GiB" if row.get("cap_gib") is not None else "no cap"
+        if not row["finished"]:
+            return f"{cap}: failed ({row.get('error')})"
+        levers = ", ".join(row.get("levers_applied") or []) or "none"
+        downgrades = ", ".join(row.get("downgrades") or []) or "none"
+        return f"{cap}: finished, {row.get('retries') or 0} retries, levers {levers}, downgrades {downgrades}"
+
+    if key == "window_activations_largest_size":
+        error = value.get("relative_error")
+        return f"{value['simulated_gib']} vs {value['measured_gib']} GiB" + (
+            f" ({percent(error, 1)})" if error is not None else "")
+    if key == "tensor_peak_error_by_size":
+        return by_size(value, lambda v: percent(v, 1))
+    if key == "least_needed_over_simulated_by_size":
+        return f"{value.get('allocator')}, " + by_size(value, lambda v: percent(v - 1, 1))
+    if key == "run_under_cap":
+        return "; ".join(f"{r['plan']} {r['size']}² under {r['cap']} ({r['cap_gib']} GiB): "
+                         f"{'finished' if r['finished'] else 'did not finish'}" for r in value)
+    if key == "guard_auto_under_caps":
+        return "; ".join(outcome(row) for row in value)
+    if key == "guard_off_under_smallest_cap":
+        return outcome(value)
+    if key == "vram_ratio_60s_vs_5s":
+        return f"{value['allocated']:.3f}× (allocated), {value['reserved']:.3f}× (reserved)"
+    if key == "seconds_per_unet_call_by_size":
+        return by_size(value, lambda v: f"{v:.2f} s")
+    if key == "soak_allocated_growth_bytes":
+        return f"{value / MIB:+.2f} MiB"
+    raise RenderError(f"gpu.json: no format for summary key {key!r}")
+
+
+def render_gpu(data: dict[str, Any]) -> list[str]:
+    summary = data["summary"]
+    reasons = summary.get("not_measured", {})
+    whole_run = data.get("not_measured_reason")  # nothing was measured at all: say why once
+    rows = []
+    for key, label in GPU_ROWS:
+        value = summary.get(key)
+        if value is not None:
+            rows.append((label, _gpu_value(key, value)))
+        else:
+            rows.append((label, "not measured" if whole_run else not_measured(reasons.get(key))))
+    lines = table(rows)
+    if whole_run:
+        lines += ["", f"**Nothing measured in this run:** {whole_run}."]
+    elif data.get("dry_run_on_cpu"):
+        lines += ["", "**A dry run on the CPU (`--tiny`): no GPU figure in it.**"]
+    elif not data.get("complete"):
+        lines += ["", "Not every requested phase finished in this run."]
+    return lines
+
+
+def render_memory_vs_duration(data: dict[str, Any]) -> list[str]:
+    runs = data["runs"]
+    labels = list(runs)
+    long_vs_short = f"{labels[-1]}_vs_{labels[0]}"
+    short, long = f"{labels[0][:-1]} s", f"{labels[-1][:-1]} s"
+    vram = data.get(f"vram_ratio_{long_vs_short}")
+    target = data.get("target", {}).get("host_ram_ratio_max")
+    settings = data["settings"]
+    return table([
+        (f"peak host RAM of the whole process, {long} vs {short} of speech",
+         f"{data[f'host_ram_ratio_{long_vs_short}']:.2f}×" + (f" (target ≤ {target:g}×)" if target else "")),
+        (f"peak host RAM during `generate` alone, {long} vs {short}",
+         f"{data[f'host_ram_during_generate_ratio_{long_vs_short}']:.2f}×"),
+        (f"peak RSS, {short} / {long}", slash([r["peak_rss_bytes"] / MIB for r in runs.values()],
+                                             lambda v: f"{v:.0f}") + " MiB"),
+        (f"wall time, {short} / {long} ({settings['resolution']} px, {settings['steps']} step, "
+         f"{settings['torch_threads']} torch thread)", slash([r["wall_seconds"] for r in runs.values()],
+                                                            lambda v: f"{v:g}") + " s"),
+        (f"peak VRAM, {long} vs {short}", not_measured(data.get("vram_not_measured_reason")) if vram is None
+         else f"{vram:.3f}×"),
+    ])
+
+
+def _soak(soak: dict[str, Any], limit: float) -> str:
+    ran = f"{soak['runs']} runs" + (f" of {soak['runs_requested']} (stopped by its time budget)"
+                                    if soak["stopped_by_budget"] else "")
+    growth = soak.get("object_growth") or {}
+    objects = ", ".join(f"{name} +{count}" for name, count in list(growth.items())[:4]) or "none"
+    gpu = (not_measured(soak.get("gpu_not_measured_reason")) if soak.get("gpu_allocated_growth_bytes") is None
+           else f"{soak['gpu_allocated_growth_bytes'] / MIB:+.2f} MiB")
+    return (f"{ran}, median {soak['run_seconds_median']} s per run: **RSS {percent(soak['rss_growth'])}** "
+            f"({'within' if soak['rss_growth_within_limit'] else 'over'} the {percent(limit, 0, sign=False)} limit), "
+            f"{soak['rss_mib_per_run']:+.3f} MiB per run, largest rise between samples 10 runs apart "
+            f"{soak['rss_largest_rise_between_samples_mib']} MiB; live tensors {arrow(soak['live_tensors'])}, "
+            f"threads {arrow(soak['threads'])}, open files {arrow(soak['open_files'])}, "
+            f"{soak['temp_files_after']} temporary files left; object types that grew (census of the 60 most "
+            f"numerous): {objects}; GPU allocator: {gpu}")
+
+
+def render_reliability(data: dict[str, Any]) -> list[str]:
+    rows = []
+    if "bad_inputs_tried" in data:
+        rows.append((
+            f"Bad inputs ({data['bad_inputs_tried']} through the server, listed above)",
+            f"**{data['bad_inputs_handled']} / {data['bad_inputs_tried']} handled.** "
+            f"{data['refused_with_our_error']} refused with our own error type, {data['refused_at_queue']} refused "
+            f"by ComfyUI's validation at queue time, {data['accepted_and_converted']} usable inputs converted and "
+            f"run. Slowest refusal {data['slowest_refusal_s']} s. Server alive after every input: "
+            f"{'yes' if data['server_alive_throughout'] else '**no**'}; next valid run {data['next_valid_run_s']} s; "
+            f"RSS afterwards {percent(data['rss_change_after_bad_inputs'])} of the warm baseline."))
+    limit = data["soak_rss_growth_limit"]
+    if "soak_history_cleared" in data:
+        rows.append(("Soak, ComfyUI's `/history` cleared after each run", _soak(data["soak_history_cleared"], limit)))
+    if "soak_history_kept" in data:
+        rows.append(("Soak, `/history` kept (ComfyUI keeps every prompt and its outputs, up to 10000)",
+                     _soak(data["soak_history_kept"], limit)))
+    if "cancel_latency_s" in data:
+        latency = data["cancel_latency_s"]
+        rows.append((
+            "Cancel: `/interrupt` once the first segment of a segmented run is finished",
+            (f"stopped {latency} s after the request" if latency is not None else "**no interrupt was sent**")
+            + f" (longest gap between progress events {data['cancel_window_s']} s), ended "
+            f"`{data['cancel_last_event']}`; {data['cancel_segments_kept']} finished segment(s) kept for resume, "
+            f"{data['cancel_partial_files_left']} half-written files left; next run {data['cancel_next_run_s']} s."))
+        rows.append((
+            f"Load: {data['load_requests']} requests to `/sonic/metrics` and `/sonic/health` during a generation",
+            f"{data['load_answered']} / {data['load_requests']} answered (status "
+            f"{', '.join(map(str, data['load_statuses']))}; median {data['load_p50_s']} s, slowest "
+            f"{data['load_max_s']} s). The generation {'succeeded' if data['load_run_succeeded'] else '**failed**'} "
+            f"in {data['load_run_s']} s ({data['same_run_without_load_s']} s alone)."))
+    server = data["server"]
+    lines = table(rows, header=("Check", "Result"))
+    lines += ["", f"Server: ComfyUI {server['comfyui_version']} {' '.join(server['flags'])}, OMP_NUM_THREADS="
+                  f"{server['omp_num_threads']}, {server['models']}; each run "
+                  f"{data['run']['generator_inputs']['duration']} s of {data['run']['audio']}, "
+                  f"{data['run']['generator_inputs']['min_resolution']} px, "
+                  f"{data['run']['generator_inputs']['inference_steps']} step, interpolation "
+                  f"{data['run']['generator_inputs']['interpolation']}."]
+    return lines
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "estimator": render_estimator,
+    "gpu": render_gpu,
+    "memory_vs_duration": render_memory_vs_duration,
+    "reliability": render_reliability,
+}
+
+
+# --- the README ---------------------------------------------------------------------------------------------
+def render_block(name: str, results_dir: Path = RESULTS) -> str:
+    if name not in RENDERERS:
+        raise RenderError(f"README block results:{name} has no renderer (known: {', '.join(RENDERERS)})")
+    path = results_dir / f"{name}.json"
+    if not path.is_file():
+        raise RenderError(f"README block results:{name} needs {path.relative_to(REPO)}: run its bench")
+    data = json.loads(path.read_text())
+    try:
+        lines = RENDERERS[name](data)
+    except (KeyError, TypeError, IndexError) as error:
+        raise RenderError(f"{path.name} lacks what the README table needs ({type(error).__name__}: {error})") from error
+    return "\n".join([*lines, "", source_line(name, data)]) + "\n"
+
+
+def render(text: str, results_dir: Path = RESULTS) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + render_block(m.group("name"), results_dir) + m.group(4), text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 with a diff if the README is not up to date")
+    parser.add_argument("--readme", type=Path, default=README)
+    args = parser.parse_args(argv)
+    current = args.readme.read_text()
+    if not BLOCK.search(current):
+        print(f"{args.readme}: no <!-- results:NAME --> blocks", file=sys.stderr)
+        return 1
+    try:
+        wanted = render(current)
+    except RenderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.check:
+        if wanted == current:
+            return 0
+        sys.stdout.writelines(difflib.unified_diff(current.splitlines(keepends=True), wanted.splitlines(keepends=True),
+                                                   f"{args.readme.name} (now)", f"{args.readme.name} (rendered)"))
+        print(f"\n{args.readme.name} differs from bench/results/*.json: run python scripts/render_readme_tables.py",
+              file=sys.stderr)
+        return 1
+    if wanted != current:
+        args.readme.write_text(wanted)
+        print(f"rewrote {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
