@@ -47,25 +47,6 @@ logger = logging.getLogger("bench_reliability")
 NODE_IDS = ("SonicGuardModelLoader", "SonicGuardLoadAudio", "SonicGuardGenerate")
 SERVER_FLAGS = ("--cache-none",)  # comfy_host adds --cpu
 SOAKS = ("history-cleared", "history-kept")
-# Until the pack wires nodes/diagnostics.py itself, the bench's own server gets it from a one-file custom node,
-# so live tensors are counted in the server process.
-PROBE = """
-import importlib.util
-from pathlib import Path
-
-import folder_paths
-from server import PromptServer
-
-if not any(getattr(r, "path", None) == "/sonic/debug/resources" for r in PromptServer.instance.routes):
-    spec = importlib.util.spec_from_file_location("sonic_guard_bench_diagnostics", {path!r})
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.register_diagnostics(PromptServer.instance.routes,
-                                lambda: [Path(folder_paths.get_output_directory())])
-NODE_CLASS_MAPPINGS = {{}}
-"""
-
-
 def start_server(base: Path) -> ComfyServer:
     from sonic_guard.models.tiny import write_tiny_model_set
 
@@ -73,12 +54,9 @@ def start_server(base: Path) -> ComfyServer:
     (base / "input").mkdir(parents=True, exist_ok=True)
     speak(base / "input" / "speech.wav")
     save_image(portrait(), base / "input" / "portrait.png")
-    probe = base / "custom_nodes" / "sonic_guard_bench_probe"
-    probe.mkdir(parents=True, exist_ok=True)
-    (probe / "__init__.py").write_text(PROBE.format(path=str(REPO / "nodes" / "diagnostics.py")))
     # One OpenMP thread: on a shared CPU, small kernels spin-wait on each other with more.
     return ComfyServer.start(base, extra_args=list(SERVER_FLAGS), required_nodes=NODE_IDS,
-                             env={"OMP_NUM_THREADS": omp_threads()})
+                             env={"OMP_NUM_THREADS": omp_threads(), "SONIC_GUARD_DIAGNOSTICS": "1"})
 
 
 def omp_threads() -> str:
