@@ -64,17 +64,23 @@ def recommend_expand_ratio(face: FaceBox, image_size: tuple[int, int]) -> tuple[
 
 
 def face_mask_box(face: FaceBox, image_size: tuple[int, int], area: float = FACE_MASK_AREA) -> CropBox:
-    """The face box scaled by `area` around its (floor-divided) centre, clipped to the image."""
+    """The reference's face-mask box: the detector's float box scaled by `area` around its centre.
+
+    Kept in floats as the reference does: the centre and the half sizes are floor divisions of floats,
+    the box is clipped to the image, and only then cast with int() (so a box at x1 = 100.75 does not
+    move the mask by the pixel an early int() would).
+    """
     width, height = image_size
-    x1, y1, x2, y2 = int(face.x1), int(face.y1), int(face.x2), int(face.y2)
-    centre_x, centre_y = (x1 + x2) // 2, (y1 + y2) // 2
-    half_w, half_h = (x2 - x1) * area / 2, (y2 - y1) * area / 2
-    return (
-        max(0, int(centre_x - half_w)),
-        max(0, int(centre_y - half_h)),
-        min(width, int(centre_x + half_w)),
-        min(height, int(centre_y + half_h)),
-    )
+    # The reference detector reports (x1, y1, w, h) and the mask code adds w back: do the same.
+    x1, y1 = float(face.x1), float(face.y1)
+    x2, y2 = x1 + float(face.width), y1 + float(face.height)
+    scaled_w, scaled_h = (x2 - x1) * area, (y2 - y1) * area
+    centre_x, centre_y = (x2 + x1) // 2, (y2 + y1) // 2
+    left = max(centre_x - scaled_w // 2, 0)
+    top = max(centre_y - scaled_h // 2, 0)
+    right = min(centre_x + scaled_w // 2, width)
+    bottom = min(centre_y + scaled_h // 2, height)
+    return int(left), int(top), int(right), int(bottom)
 
 
 def face_mask(face: FaceBox, image_size: tuple[int, int], area: float = FACE_MASK_AREA) -> np.ndarray:

@@ -20,7 +20,11 @@ MIN_FACE_SIDE = 64
 
 @dataclass(frozen=True)
 class FaceBox:
-    """A detected face in pixel coordinates (x2, y2 exclusive), with an optional 5-point landmark set."""
+    """A detected face in pixel coordinates (x2, y2 exclusive), with an optional 5-point landmark set.
+
+    Floats as the detector reports them; a face at the border may reach past the image edge (the reference
+    keeps such boxes unclipped for its crop and face mask, which clip only their own results).
+    """
 
     x1: float
     y1: float
@@ -92,11 +96,19 @@ def check_detectable_image(image_rgb: np.ndarray) -> None:
 
 
 def detect_faces(image_rgb: np.ndarray, detector: FaceDetector) -> list[FaceBox]:
-    """All faces the detector finds, clipped to the image, empty boxes dropped, largest first."""
+    """All faces the detector finds, as it found them (not clipped), largest first.
+
+    Boxes with less than a pixel inside the image are dropped. The rest keep the detector's float
+    coordinates: the reference crop and face mask are computed from the unclipped box, and clipping here
+    would move the mask's centre for a face cut by the border.
+    """
     check_detectable_image(image_rgb)
     height, width = image_rgb.shape[:2]
-    faces = [face.clipped(width, height) for face in detector(image_rgb)]
-    faces = [face for face in faces if face.width >= 1 and face.height >= 1]
+    faces = []
+    for face in detector(image_rgb):
+        visible = face.clipped(width, height)
+        if visible.width >= 1 and visible.height >= 1:
+            faces.append(face)
     return sorted(faces, key=lambda face: face.area, reverse=True)
 
 

@@ -58,15 +58,47 @@ def test_recommend_expand_ratio() -> None:
 
 def test_face_mask_box_and_mask() -> None:
     face = FaceBox(100, 100, 200, 250)
-    # Centre (150, 175); half sizes 55 and 82.5, truncated to ints.
-    assert face_mask_box(face, (400, 400)) == (95, 92, 205, 257)
+    # Centre (150, 175); 110 // 2 = 55 and 165.00000000000003 // 2 = 82 (float floor division).
+    assert face_mask_box(face, (400, 400)) == (95, 93, 205, 257)
     mask = face_mask(face, (400, 400))
     assert mask.shape == (400, 400) and mask.dtype == np.uint8
-    assert mask[92:257, 95:205].min() == 255
-    assert int(mask.sum()) == 110 * 165 * 255
+    assert mask[93:257, 95:205].min() == 255
+    assert int(mask.sum()) == 110 * 164 * 255
     # At the border the enlarged box is clipped, not wrapped.
     assert face_mask_box(FaceBox(0, 0, 100, 100), (100, 100)) == (0, 0, 100, 100)
     assert face_mask_box(FaceBox(0.7, 0.2, 100.9, 60.5), (300, 300), area=1.0) == (0, 0, 100, 60)
+
+
+@pytest.mark.parametrize(
+    "face,image_size,area,expected",
+    [
+        # x: w 99.5, ww 109.45 -> 54; centre 301.0 // 2 = 150 -> 96..204.
+        # y: h 151.25, hh 166.375 -> 83; centre 232.25 // 2 = 116 -> 33..199.
+        # (Casting the box to ints first gave (95, 31, 205, 198).)
+        ((100.75, 40.5, 200.25, 191.75), (400, 400), 1.1, (96, 33, 204, 199)),
+        # The centre is floored: 41.5 // 2 = 20 (not 20.75), 20.5 // 2 = 10 -> 10..30;
+        # 80.25 // 2 = 40, 39.75 // 2 = 19 -> 21..59. (Ints first: (9, 20, 30, 60).)
+        ((10.5, 20.25, 31.0, 60.0), (100, 100), 1.0, (10, 21, 30, 59)),
+        # A detector box past the border, unclipped: x centre 47 // 2 = 23, ww 66 -> 33: max(-10, 0)..56;
+        # y centre 601 // 2 = 300, hh 44.55 -> 22: 278..min(322, 300).
+        ((-6.5, 280.25, 53.5, 320.75), (300, 300), 1.1, (0, 278, 56, 300)),
+        # Floor of a negative centre: -10.5 // 2 = -6, ww 33.55 -> 16: max(-22, 0)..10 (ints first: ..11);
+        # y centre 25, hh 55.00000000000001 -> 27: max(-2, 0)..52.
+        ((-20.5, 0.0, 10.0, 50.0), (100, 100), 1.1, (0, 0, 10, 52)),
+    ],
+)
+def test_face_mask_box_reference_rule_on_float_boxes(
+    face: tuple[float, float, float, float],
+    image_size: tuple[int, int],
+    area: float,
+    expected: tuple[int, int, int, int],
+) -> None:
+    box = face_mask_box(FaceBox(*face), image_size, area)
+    assert box == expected
+    assert all(isinstance(value, int) for value in box)
+    x1, y1, x2, y2 = expected
+    mask = face_mask(FaceBox(*face), image_size, area)
+    assert int(mask.sum()) == (x2 - x1) * (y2 - y1) * 255 and mask[y1:y2, x1:x2].min() == 255
 
 
 def test_select_largest_face_is_really_the_largest() -> None:

@@ -10,7 +10,7 @@ from PIL import Image
 from skimage import data
 
 from sonic_guard.errors import BadImageError, BadInputError, NoFaceError
-from sonic_guard.face import OpenCvFaceDetector, crop_box
+from sonic_guard.face import FaceBox, OpenCvFaceDetector, crop_box, detect_faces, face_mask, face_mask_box
 from sonic_guard.image_prep import clip_pixels, prepare_reference, resized_size
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -115,3 +115,30 @@ def test_no_face_and_tiny(detector: OpenCvFaceDetector) -> None:
     for size in (1, 32):
         with pytest.raises(BadImageError, match="pixels"):
             prepare_reference(Image.new("RGB", (size, size)), detector=detector)
+
+
+class _ReportedBoxDetector:
+    """The detector boundary: reports the float boxes a detector model gave (one past the left edge)."""
+
+    name = "reported boxes"
+
+    def __init__(self, boxes: list[FaceBox]) -> None:
+        self.boxes = boxes
+
+    def __call__(self, image_rgb: np.ndarray) -> list[FaceBox]:
+        return list(self.boxes)
+
+
+def test_detector_float_box_reaches_the_face_mask(astronaut: np.ndarray) -> None:
+    # A face cut by the left border as YOLOv5-face reports it (x1 < 0), and a box wholly outside the image.
+    border_face = FaceBox(-6.5, 60.25, 93.75, 171.5, 0.9)
+    outside = FaceBox(-300.0, 10.0, -200.0, 110.0, 0.95)
+    detector = _ReportedBoxDetector([border_face, outside])
+    assert detect_faces(astronaut, detector) == [border_face]
+    prepared = prepare_reference(astronaut, min_resolution=512, detector=detector)
+    # Not clipped on the way: the mask is built from the detector's own floats.
+    assert prepared.face_box == border_face
+    # Centre 87.25 // 2 = 43, ww 110.275 -> 55: 0..98; centre 231.75 // 2 = 115, hh 122.375 -> 61: 54..176.
+    assert face_mask_box(border_face, (512, 512)) == (0, 54, 98, 176)
+    expected = np.asarray(face_mask(border_face, (512, 512)), dtype=np.float32) / 255.0
+    assert torch.equal(prepared.face_mask[0, 0], torch.from_numpy(expected))
