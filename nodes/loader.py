@@ -13,8 +13,6 @@ from . import ids
 from .model_handle import SonicModelHandle, SonicModelType
 
 logger = logging.getLogger(__name__)
-# Models cast to the chosen precision; the audio adapters, whisper and RIFE stay fp32 as in the reference.
-CAST_TO_PRECISION = ("unet", "vae", "image_encoder")
 PLACED = ("unet", "vae", "image_encoder", "whisper_encoder", "audio_token_projector", "motion_bucket_predictor",
           "rife")
 
@@ -49,9 +47,8 @@ class ModelLoader(io.ComfyNode):
         root = comfy.resolve_model_root(model_folder)
         device = comfy.compute_device()
         dtype = plan_dtype(precision, device.type)
-        models = load_sonic_models(root, with_rife=load_rife)
-        for name in CAST_TO_PRECISION:
-            getattr(models, name).to(dtype)
+        # UNet, VAE and CLIP load in the chosen precision; the audio adapters, whisper and RIFE stay fp32.
+        models = load_sonic_models(root, with_rife=load_rife, dtype=dtype)
         notes = []
         if load_rife and models.rife is None:
             notes.append("RIFE/flownet.pkl not found: no RIFE interpolation (see the generator's rife_fallback)")

@@ -180,3 +180,62 @@ def test_half_precision_small_model_files_load_as_float32(broken_root: Path):
     models = load_sonic_models(broken_root)
     for module in (models.audio_token_projector, models.motion_bucket_predictor, models.rife, models.whisper_encoder):
         assert {p.dtype for p in module.parameters()} == {torch.float32}
+
+
+@pytest.fixture(scope="module")
+def fp16_svd_root(tiny_root: Path, tmp_path_factory) -> Path:
+    """The tiny set with the VAE and CLIP image encoder stored as SVD-xt ships them: fp16 variant files only."""
+    from diffusers import AutoencoderKLTemporalDecoder
+    from transformers import CLIPVisionModelWithProjection
+
+    root = tmp_path_factory.mktemp("fp16-svd")
+    for name in ("Sonic", "RIFE", "whisper-tiny"):
+        (root / name).symlink_to(tiny_root / name, target_is_directory=True)
+    source, svd = tiny_root / "stable-video-diffusion-img2vid-xt", root / "stable-video-diffusion-img2vid-xt"
+    for name in ("unet", "scheduler"):
+        shutil.copytree(source / name, svd / name)
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(source / "vae", torch_dtype=torch.float32)
+    vae.half().save_pretrained(svd / "vae", variant="fp16")
+    clip = CLIPVisionModelWithProjection.from_pretrained(source / "image_encoder", dtype=torch.float32)
+    clip.half().save_pretrained(svd / "image_encoder", variant="fp16")
+    assert sorted(p.name for p in (svd / "image_encoder").glob("*.safetensors")) == ["model.fp16.safetensors"]
+    return root
+
+
+def _clip_embeds(encoder: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    dtype = next(encoder.parameters()).dtype
+    with torch.no_grad():
+        return encoder(pixels.to(dtype)).image_embeds.double()
+
+
+def test_fp16_files_load_in_the_dtype_asked_for(fp16_svd_root: Path):
+    from conftest import portrait_rgb
+    from safetensors.torch import load_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from sonic_guard.image_prep import clip_pixels
+
+    clip_dir = fp16_svd_root / "stable-video-diffusion-img2vid-xt" / "image_encoder"
+    stored = load_file(str(clip_dir / "model.fp16.safetensors"))
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    # The float32 path the reference's fp32 setting takes: the same fp16 weights, upcast, in a float32 model.
+    reference = CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(clip_dir)).float().eval()
+    reference.load_state_dict({k: v.float() for k, v in stored.items()}, strict=True)
+    pixels = clip_pixels(portrait_rgb())
+    expected = _clip_embeds(reference, pixels)
+
+    models = load_sonic_models(fp16_svd_root, with_rife=False)  # float32 unless told otherwise
+    for name in ("unet", "vae", "image_encoder", "whisper_encoder", "audio_token_projector"):
+        assert {p.dtype for p in getattr(models, name).parameters()} == {torch.float32}, name
+    # Measured 0.0 (same weights, same float32 kernels); the fp16 encoder below is 9e-4 off on this set.
+    error = float((_clip_embeds(models.image_encoder, pixels) - expected).norm() / expected.norm())
+    assert error < 1e-5, error
+
+    # fp16 when asked for (the GPU default); the small models stay float32 as in the reference.
+    half = load_sonic_models(fp16_svd_root, with_rife=False, dtype=torch.float16)
+    for name in ("unet", "vae", "image_encoder"):
+        assert {p.dtype for p in getattr(half, name).parameters()} == {torch.float16}, name
+    assert {p.dtype for p in half.whisper_encoder.parameters()} == {torch.float32}
+    # What a float32 run got before the dtype was passed: the fp16 encoder, far outside the tolerance.
+    half_error = float((_clip_embeds(half.image_encoder, pixels) - expected).norm() / expected.norm())
+    assert half_error > 1e-4, half_error

@@ -29,7 +29,7 @@ BUCKET_WINDOW = 50  # whisper frames per bucket window
 
 @dataclass
 class SonicModelSet:
-    """Everything a Sonic run needs, loaded on the CPU in the checkpoints' dtype."""
+    """Everything a Sonic run needs, loaded on the CPU: UNet, VAE and CLIP in the dtype asked for, the rest fp32."""
 
     unet: SonicUNet
     audio_token_projector: AudioTokenProjector
@@ -131,7 +131,21 @@ def load_whisper(folder: Path, searched: Path) -> tuple[nn.Module, Any, Any]:
     return model.encoder.eval(), extractor, model.config
 
 
-def load_vae_and_clip(svd: Path, searched: Path) -> tuple[nn.Module, nn.Module]:
+def _transformers_dtype_kwarg() -> str:
+    """transformers renamed `torch_dtype` to `dtype` in 4.56 (the old name warns in 5.x, the new one is ignored
+    before 4.56)."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__).release >= (4, 56) else "torch_dtype"
+
+
+def load_vae_and_clip(svd: Path, searched: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, nn.Module]:
+    """The SVD VAE and CLIP image encoder in `dtype`, whatever dtype their files hold.
+
+    Passed explicitly: transformers 5 keeps the file's dtype by default (fp16 for SVD-xt's image encoder) while
+    diffusers loads in fp32, so without it a float32 run would get fp16 CLIP embeddings.
+    """
     from diffusers import AutoencoderKLTemporalDecoder
     from transformers import CLIPVisionModelWithProjection
 
@@ -141,13 +155,14 @@ def load_vae_and_clip(svd: Path, searched: Path) -> tuple[nn.Module, nn.Module]:
     _require_dir(clip_dir, "SVD image encoder", searched, "image_encoder")
     try:
         vae = AutoencoderKLTemporalDecoder.from_pretrained(
-            vae_dir, variant=_variant(vae_dir), local_files_only=True, low_cpu_mem_usage=False
+            vae_dir, variant=_variant(vae_dir), local_files_only=True, low_cpu_mem_usage=False, torch_dtype=dtype
         )
     except LOAD_ERRORS as exc:
         raise _hf_error("SVD VAE", vae_dir, searched, exc, "vae") from exc
     try:
-        clip = CLIPVisionModelWithProjection.from_pretrained(clip_dir, variant=_variant(clip_dir),
-                                                             local_files_only=True)
+        clip = CLIPVisionModelWithProjection.from_pretrained(
+            clip_dir, variant=_variant(clip_dir), local_files_only=True, **{_transformers_dtype_kwarg(): dtype}
+        )
     except LOAD_ERRORS as exc:
         raise _hf_error("SVD CLIP image encoder", clip_dir, searched, exc, "image_encoder") from exc
     return vae.eval(), clip.eval()
@@ -195,10 +210,13 @@ def _small_configs(paths: ModelPaths) -> tuple[Any, Any]:
     return whisper, clip
 
 
-def load_sonic_models(source: Path | str | ModelPaths, *, with_rife: bool = True) -> SonicModelSet:
+def load_sonic_models(source: Path | str | ModelPaths, *, with_rife: bool = True,
+                      dtype: torch.dtype = torch.float32) -> SonicModelSet:
     """Load all models to the CPU from a root folder (official layout) or explicit `ModelPaths`; no network.
 
-    Cheap checks come first (presence, configs, Sonic state-dict keys/shapes) so a wrong file fails fast.
+    UNet, VAE and CLIP load in `dtype` (the plan's precision: `memory.preflight.plan_dtype`); whisper, the audio
+    adapters and RIFE in float32, as the reference runs them. Cheap checks come first (presence, configs, Sonic
+    state-dict keys/shapes) so a wrong file fails fast.
     """
     paths = as_model_paths(source)
     _require_present(paths)
@@ -217,9 +235,10 @@ def load_sonic_models(source: Path | str | ModelPaths, *, with_rife: bool = True
     rife = None
     if with_rife and paths.rife is not None:
         rife = load_rife(paths.rife, paths.searched(paths.rife))
-    unet = load_unet(paths, unet_config)
+    # unet.pth is fp32 in the official download; no copy is made when that is the dtype asked for.
+    unet = load_unet(paths, unet_config).to(dtype)
     whisper, extractor, _ = load_whisper(paths.whisper, paths.searched(paths.whisper))
-    vae, clip = load_vae_and_clip(paths.svd, paths.searched(paths.svd))
+    vae, clip = load_vae_and_clip(paths.svd, paths.searched(paths.svd), dtype)
     # The engine runs the small models in float32 (features, buckets, tokens, RIFE), whatever dtype their files
     # hold: an fp16 conversion of audio2token.pth would otherwise fail mid-run with a dtype mismatch.
     for small in (projector, predictor, whisper, rife):
