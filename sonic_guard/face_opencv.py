@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 # Detection runs on a copy whose long side is at most this: cascades cost grows with pixels, and faces
 # in an 8K photo stay far above the minimum size after the downscale.
 WORK_LONG_SIDE = 800
+# ... but the short side is not cut below this (the image's own short side when smaller): a 4000x300 banner
+# cut to 800 px long would shrink its face to 60 px. 450 leaves 16:9 and squarer photos as before.
+WORK_MIN_SHORT_SIDE = 450
 # Smallest face searched for, as a fraction of the short side (with an absolute floor in pixels).
 MIN_FACE_FRACTION = 0.06
 MIN_FACE_PIXELS = 24
@@ -96,6 +99,12 @@ def _lbp_passes() -> list[_Pass] | None:
     return [_Pass(detect, 8, 1.0), _Pass(detect, 4, 0.6)]
 
 
+def work_scale(width: int, height: int, long_side: int, min_short_side: int) -> float:
+    """Downscale factor (<= 1) that brings the long side to `long_side` unless that cuts the short side below
+    `min_short_side`: very wide or tall images are scaled by their short side instead."""
+    return min(1.0, max(long_side / max(width, height), min_short_side / min(width, height)))
+
+
 class OpenCvFaceDetector:
     """Cascade face detector; tries strict settings first and loosens them only when nothing is found."""
 
@@ -117,7 +126,7 @@ class OpenCvFaceDetector:
 
     def __call__(self, image_rgb: np.ndarray) -> list[FaceBox]:
         height, width = image_rgb.shape[:2]
-        scale = min(1.0, WORK_LONG_SIDE / max(height, width))
+        scale = work_scale(width, height, WORK_LONG_SIDE, WORK_MIN_SHORT_SIDE)
         small = image_rgb
         if scale < 1.0:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))

@@ -13,6 +13,7 @@ from PIL import Image
 from .errors import BadInputError
 from .face_crop import CropBox, crop_box, face_mask
 from .face_detect import FaceBox, FaceDetector, check_detectable_image, find_main_face
+from .face_opencv import work_scale
 from .image_convert import ImageInput, to_rgb_uint8
 
 logger = logging.getLogger(__name__)
@@ -20,8 +21,10 @@ logger = logging.getLogger(__name__)
 MIN_RESOLUTION_RANGE = (128, 2048)  # 128 only makes sense for small test models; 512 is the reference
 SIDE_MULTIPLE = 64
 CLIP_SIZE = 224
-# Detection runs on a copy whose long side is at most this, so 8K photos cost no more than 2K ones.
+# Detection runs on a copy whose long side is at most this, so 8K photos cost no more than 2K ones; the short
+# side is not cut below DETECT_MIN_SHORT_SIDE, so banners keep their face size (16:9 and squarer: long side rule).
 DETECT_LONG_SIDE = 2048
+DETECT_MIN_SHORT_SIDE = 1152
 UPSCALE_WARNING = 2.0
 
 
@@ -69,7 +72,7 @@ def detect_main_face(image_rgb: np.ndarray, detector: FaceDetector) -> tuple[Fac
     """Largest face, on a downscaled copy for huge images; boxes come back in full-image pixels."""
     check_detectable_image(image_rgb)
     height, width = image_rgb.shape[:2]
-    scale = min(1.0, DETECT_LONG_SIDE / max(height, width))
+    scale = work_scale(width, height, DETECT_LONG_SIDE, DETECT_MIN_SHORT_SIDE)
     small = image_rgb
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))

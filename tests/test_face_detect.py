@@ -19,6 +19,7 @@ from sonic_guard.face import (
     find_main_face,
     make_face_detector,
 )
+from sonic_guard.face_opencv import work_scale
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +115,17 @@ def test_cartoon_face_gets_the_same_advice(detector: OpenCvFaceDetector) -> None
     with pytest.raises(NoFaceError) as info:
         find_main_face(cartoon, detector)
     assert "cartoon" in str(info.value) and "yoloface_v5m.pt" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "size,expected",
+    [
+        ((4000, 300), 1.0),  # a banner: 800 px long would leave a 60 px short side; it is not shrunk
+        ((8000, 600), 0.75),  # the short side stops at 450
+        ((7680, 4320), 800 / 7680),  # 16:9 and squarer photos: the long side rule, as before
+        ((3000, 3000), 800 / 3000),
+        ((640, 480), 1.0),
+    ],
+)
+def test_work_scale_keeps_the_short_side(size: tuple[int, int], expected: float) -> None:
+    assert work_scale(*size, long_side=800, min_short_side=450) == pytest.approx(expected, rel=1e-12)

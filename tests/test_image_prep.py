@@ -142,3 +142,33 @@ def test_detector_float_box_reaches_the_face_mask(astronaut: np.ndarray) -> None
     assert face_mask_box(border_face, (512, 512)) == (0, 54, 98, 176)
     expected = np.asarray(face_mask(border_face, (512, 512)), dtype=np.float32) / 255.0
     assert torch.equal(prepared.face_mask[0, 0], torch.from_numpy(expected))
+
+
+def _banner(astronaut: np.ndarray, wide: bool) -> tuple[np.ndarray, tuple[float, float]]:
+    """A 4000x300 (or 300x4000) real photo (the coffee cup, no face) with the astronaut's head and shoulders
+    pasted in at full banner height (face ~110 px); returns the image and where the face centre should be."""
+    scale = 300 / 260
+    head = cv2.resize(astronaut[0:260, 90:360], (round(270 * scale), 300), interpolation=cv2.INTER_LINEAR)
+    # Her face spans x 175-270, y 65-165 of the 512x512 photo: centre (222, 115).
+    centre = ((222 - 90) * scale, 115 * scale)
+    if wide:
+        image = cv2.resize(data.coffee(), (4000, 300), interpolation=cv2.INTER_AREA)
+        image[:, 1800 : 1800 + head.shape[1]] = head
+        return image, (1800 + centre[0], centre[1])
+    image = cv2.resize(data.coffee(), (300, 4000), interpolation=cv2.INTER_AREA)
+    image[1800:2100] = head[:, :300]
+    return image, (centre[0], 1800 + centre[1])
+
+
+@pytest.mark.parametrize("wide", [True, False], ids=["4000x300", "300x4000"])
+def test_banner_keeps_its_face_size(detector: OpenCvFaceDetector, astronaut: np.ndarray, wide: bool) -> None:
+    # Cutting the long side to 2048 and then 800 px shrank this face to ~22 px: NoFaceError in both orientations.
+    image, (cx, cy) = _banner(astronaut, wide)
+    prepared = prepare_reference(image, min_resolution=512, detector=detector)
+    face = prepared.face_box
+    assert abs((face.x1 + face.x2) / 2 - cx) < 20 and abs((face.y1 + face.y2) / 2 - cy) < 20, (face, cx, cy)
+    assert 85 < face.width < 140 and 85 < face.height < 140
+    assert prepared.faces_found == 1 and face.score == 1.0  # the strict frontal pass, not a fallback
+    assert prepared.reference.shape == ((3, 512, 6848) if wide else (3, 6848, 512))
+    scale = 512 / 300
+    assert prepared.face_mask[0, 0, int(cy * scale), int(cx * scale)] == 1.0
