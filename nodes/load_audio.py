@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..sonic_guard.audio_input import load_audio_file
+from ..sonic_guard.audio_input import AUDIO_NOTES_KEY, load_audio_file
 from . import ids
 from .comfy_bridge import input_file, input_files, validate_input_file
 
@@ -44,6 +44,5 @@ class LoadAudio(io.ComfyNode):
     def execute(cls, audio_file: str) -> io.NodeOutput:
         loaded = load_audio_file(input_file(audio_file))
         waveform = torch.from_numpy(loaded.original_waveform).float().unsqueeze(0)
-        return io.NodeOutput(
-            {"waveform": waveform, "sample_rate": loaded.original_sample_rate}, float(loaded.duration_s)
-        )
+        audio = {"waveform": waveform, "sample_rate": loaded.original_sample_rate, AUDIO_NOTES_KEY: list(loaded.notes)}
+        return io.NodeOutput(audio, float(loaded.duration_s))

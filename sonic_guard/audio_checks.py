@@ -168,6 +168,43 @@ def wav_holds_float_samples(path: Path) -> bool:
     return False
 
 
+def wav_truncation_note(path: Path, decoded_frames: int, rate: int) -> str | None:
+    """A note when a RIFF/WAVE file's data chunk promises more bytes than the file holds (a cut-off copy or
+    recording): ffmpeg and pydub then decode what is there without a word, so the video would silently be
+    shorter than the user expects. None for complete files, streamed wavs (size 0 or 0xFFFFFFFF) and non-wavs."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(_HEADER_BYTES)
+        file_size = path.stat().st_size
+    except OSError:
+        return None
+    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+        return None
+    bytes_per_second = block = 0
+    position = 12
+    while position + 8 <= len(header):
+        chunk_id = header[position : position + 4]
+        size = struct.unpack_from("<I", header, position + 4)[0]
+        body = position + 8
+        if chunk_id == b"fmt " and body + 14 <= len(header):
+            bytes_per_second, block = struct.unpack_from("<IH", header, body + 8)
+        elif chunk_id == b"data":
+            missing = size - (file_size - body)
+            # Less than one sample frame short is only a missing pad byte, not lost audio.
+            if size in (0, 0xFFFFFFFF) or bytes_per_second <= 0 or missing < max(block, 1):
+                return None
+            promised, present = size / bytes_per_second, decoded_frames / rate
+            note = (
+                f"{path.name} is cut short: its WAV header promises {promised:.2f} s of audio but the file holds "
+                f"only {present:.2f} s (an interrupted copy, download or recording?). The {present:.2f} s there "
+                "are used; copy or export the file again to animate all of it."
+            )
+            logger.warning(note)
+            return note
+        position = body + size + (size & 1)
+    return None
+
+
 _SCAN_SAMPLES = 1 << 20  # non-finite values are counted in slices of this many samples, from a memory map
 
 

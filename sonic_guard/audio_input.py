@@ -28,6 +28,7 @@ from .audio_checks import (
     check_playable,
     decode_failure,
     wav_holds_float_samples,
+    wav_truncation_note,
 )
 from .errors import BadAudioError, BadInputError
 
@@ -39,6 +40,11 @@ _FIVE_ONE_TO_STEREO = (
     (1.0, 0.0, _SURROUND_GAIN, 0.0, _SURROUND_GAIN, 0.0),
     (0.0, 1.0, _SURROUND_GAIN, 0.0, 0.0, _SURROUND_GAIN),
 )
+
+
+# Optional key of a ComfyUI AUDIO dict: notes from our Load Audio node (a cut-off wav, a mixdown) that must reach the
+# run's report; other nodes ignore it, and AUDIO from other loaders simply has none.
+AUDIO_NOTES_KEY = "sonic_guard_notes"
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,7 +103,9 @@ def load_audio_file(path: Path, *, max_duration_s: float | None = DEFAULT_MAX_DU
             fix="install ffmpeg (e.g. `apt install ffmpeg`, `brew install ffmpeg`, or add ffmpeg.exe to PATH)",
         ) from exc
     samples = _segment_to_array(segment)
-    return _build(samples, int(segment.frame_rate), f"file {path.name}", (), max_duration_s)
+    rate = int(segment.frame_rate)
+    truncated = wav_truncation_note(path, samples.shape[-1], rate)
+    return _build(samples, rate, f"file {path.name}", (truncated,) if truncated else (), max_duration_s)
 
 
 def audio_from_comfy(audio: Mapping, *, max_duration_s: float | None = DEFAULT_MAX_DURATION_S) -> LoadedAudio:
@@ -113,7 +121,7 @@ def audio_from_comfy(audio: Mapping, *, max_duration_s: float | None = DEFAULT_M
     if hasattr(waveform, "detach"):
         waveform = waveform.detach().to("cpu").float().numpy()
     array = np.asarray(waveform, dtype=np.float32)
-    notes: list[str] = []
+    notes = [str(note) for note in audio.get(AUDIO_NOTES_KEY, ())]
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
@@ -231,7 +239,8 @@ def _build(
         duration_s=waveform.shape[0] / TARGET_SAMPLE_RATE,
         source=source,
         original_waveform=np.ascontiguousarray(original, dtype=np.float32),
-        notes=tuple(notes_list),
+        # AUDIO from our Load Audio node carries its notes, and the short-audio check runs again: say it once.
+        notes=tuple(dict.fromkeys(notes_list)),
     )
 
 

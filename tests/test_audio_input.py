@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 import wave
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from sonic_guard.audio_input import LoadedAudio, audio_from_comfy, fit_duration, load_audio_file
+from sonic_guard.audio_input import AUDIO_NOTES_KEY, LoadedAudio, audio_from_comfy, fit_duration, load_audio_file
 from sonic_guard.errors import BadAudioError, BadInputError
 
 pytestmark = [
@@ -237,3 +238,48 @@ def test_big_file_is_refused_from_its_header(tmp_path: Path) -> None:
     path = _write_wav(tmp_path / "hour.wav", np.zeros(48000 * 100), rate=48000)
     with pytest.raises(BadAudioError, match="100.0 s long, over the 60 s limit"):
         load_audio_file(path, max_duration_s=60)
+
+
+def _cut_in_half(source: Path, target: Path) -> tuple[float, float]:
+    """Copy a wav keeping its header but only the first half of its samples (an interrupted copy); returns the
+    seconds the header promises and the seconds left."""
+    data = source.read_bytes()
+    fmt = data.index(b"fmt ") + 8
+    rate, block = struct.unpack_from("<I", data, fmt + 4)[0], struct.unpack_from("<H", data, fmt + 12)[0]
+    data_body = data.index(b"data") + 8
+    frames = struct.unpack_from("<I", data, data_body - 4)[0] // block
+    assert len(data) >= data_body + frames * block  # the source is complete
+    kept = frames // 2
+    target.write_bytes(data[: data_body + kept * block])
+    return frames / rate, kept / rate
+
+
+@pytest.mark.parametrize("codec", [None, "pcm_f32le"])
+def test_truncated_wav_is_used_and_reported(speech: Path, tmp_path: Path, codec: str | None) -> None:
+    # int16 goes through pydub's reader, float32 through ffmpeg: both decode what is there without a word.
+    source = speech if codec is None else _ffmpeg(speech, tmp_path / "float.wav", "-c:a", codec)
+    assert load_audio_file(source).notes == ()
+    promised, left = _cut_in_half(source, tmp_path / "cut.wav")
+    loaded = load_audio_file(tmp_path / "cut.wav")
+    _check_speech(loaded, left)
+    truncation = [note for note in loaded.notes if "cut short" in note]
+    assert len(truncation) == 1, loaded.notes
+    assert f"promises {promised:.2f} s" in truncation[0] and f"only {left:.2f} s" in truncation[0]
+    assert "cut.wav" in truncation[0] and "again" in truncation[0]
+    # Through ComfyUI: our Load Audio node puts the notes in the AUDIO dict, the generator reads them back once.
+    audio = {"waveform": torch.from_numpy(loaded.original_waveform)[None], "sample_rate": loaded.sample_rate,
+             AUDIO_NOTES_KEY: list(loaded.notes)}
+    assert audio_from_comfy(audio).notes == loaded.notes
+    assert fit_duration(audio_from_comfy(audio), 1.0)[0].notes == loaded.notes
+
+
+def test_streamed_wav_size_is_not_truncation(speech: Path, tmp_path: Path) -> None:
+    # Streaming writers leave 0xFFFFFFFF as the data size: the data runs to the end of the file, nothing is lost.
+    data = bytearray(speech.read_bytes())
+    size_at = data.index(b"data") + 4
+    data[size_at : size_at + 4] = (0xFFFFFFFF).to_bytes(4, "little")
+    streamed = tmp_path / "streamed.wav"
+    streamed.write_bytes(bytes(data))
+    loaded = load_audio_file(streamed)
+    _check_speech(loaded, _expected_seconds(speech))
+    assert not any("cut short" in note for note in loaded.notes)
