@@ -7,7 +7,7 @@ import json
 
 import pytest
 from comfy_host import ComfyServer
-from hardening_cases import CASES, Case
+from hardening_cases import CASES, Case, quick_prompt
 from hardening_server import evaluate, run_prompt
 
 ACCEPTED = [case for case in CASES if case.accepted]
@@ -30,3 +30,15 @@ def test_several_faces_are_reported(comfy_server: ComfyServer) -> None:
     assert history is not None, answer
     notes = " ".join(_report(history)["notes"])
     assert "faces; animating the largest" in notes, notes
+
+
+def test_cut_short_wav_is_reported(comfy_server: ComfyServer) -> None:
+    # Load Audio (Sonic) -> AUDIO -> generator: the note about the missing half reaches the run's report.
+    speech = (comfy_server.base / "input" / "speech.wav").read_bytes()
+    data_body = speech.index(b"data") + 8
+    cut = comfy_server.base / "input" / "hard_cut_short.wav"
+    cut.write_bytes(speech[: data_body + (len(speech) - data_body) // 4 * 2])
+    _, answer, history = run_prompt(comfy_server, quick_prompt(audio=cut.name))
+    assert history is not None, answer
+    notes = " ".join(_report(history)["notes"])
+    assert "hard_cut_short.wav is cut short" in notes and "promises" in notes, notes
