@@ -47,6 +47,8 @@ logger = logging.getLogger("bench_reliability")
 NODE_IDS = ("SonicGuardModelLoader", "SonicGuardLoadAudio", "SonicGuardGenerate")
 SERVER_FLAGS = ("--cache-none",)  # comfy_host adds --cpu
 SOAKS = ("history-cleared", "history-kept")
+
+
 def start_server(base: Path) -> ComfyServer:
     from sonic_guard.models.tiny import write_tiny_model_set
 
