@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable
@@ -39,6 +40,9 @@ class RenderError(Exception):
 # --- small formatting helpers -----------------------------------------------------------------------------------
 def not_measured(reason: str | None) -> str:
     return f"not measured: {reason or 'no reason given in the results file'}"
+
+
+logger = logging.getLogger("render_readme_tables")
 
 
 def percent(fraction: float, digits: int = 2, sign: bool = True) -> str:
@@ -286,26 +290,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 with a diff if the README is not up to date")
     parser.add_argument("--readme", type=Path, default=README)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     current = args.readme.read_text()
     if not BLOCK.search(current):
-        print(f"{args.readme}: no <!-- results:NAME --> blocks", file=sys.stderr)
+        logger.error("%s: no <!-- results:NAME --> blocks", args.readme)
         return 1
     try:
         wanted = render(current)
     except RenderError as error:
-        print(f"error: {error}", file=sys.stderr)
+        logger.error("%s", error)
         return 1
     if args.check:
         if wanted == current:
             return 0
         sys.stdout.writelines(difflib.unified_diff(current.splitlines(keepends=True), wanted.splitlines(keepends=True),
                                                    f"{args.readme.name} (now)", f"{args.readme.name} (rendered)"))
-        print(f"\n{args.readme.name} differs from bench/results/*.json: run python scripts/render_readme_tables.py",
-              file=sys.stderr)
+        logger.error("%s differs from bench/results/*.json: run python scripts/render_readme_tables.py",
+                     args.readme.name)
         return 1
     if wanted != current:
         args.readme.write_text(wanted)
-        print(f"rewrote {args.readme}")
+        logger.info("rewrote %s", args.readme)
     return 0
 
 

@@ -168,16 +168,24 @@ def wav_holds_float_samples(path: Path) -> bool:
     return False
 
 
+def _read_header(path: Path) -> tuple[bytes, int] | None:
+    """The file's first bytes (enough for RIFF chunk headers) and its size, or None when it cannot be read."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(_HEADER_BYTES)
+        return header, path.stat().st_size
+    except OSError:
+        return None
+
+
 def wav_truncation_note(path: Path, decoded_frames: int, rate: int) -> str | None:
     """A note when a RIFF/WAVE file's data chunk promises more bytes than the file holds (a cut-off copy or
     recording): ffmpeg and pydub then decode what is there without a word, so the video would silently be
     shorter than the user expects. None for complete files, streamed wavs (size 0 or 0xFFFFFFFF) and non-wavs."""
-    try:
-        with path.open("rb") as handle:
-            header = handle.read(_HEADER_BYTES)
-        file_size = path.stat().st_size
-    except OSError:
+    read = _read_header(path)
+    if read is None:
         return None
+    header, file_size = read
     if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
         return None
     bytes_per_second = block = 0
@@ -233,12 +241,10 @@ def check_float_wav_finite(path: Path) -> None:
 
 def _float_wav_layout(path: Path) -> tuple[int, int, str] | None:
     """(data offset, sample count, numpy dtype) of a 32/64-bit float wav, or None when it is not one."""
-    try:
-        with path.open("rb") as handle:
-            header = handle.read(_HEADER_BYTES)
-        file_size = path.stat().st_size
-    except OSError:
+    read = _read_header(path)
+    if read is None:
         return None
+    header, file_size = read
     bits = None
     position = 12
     while position + 8 <= len(header):
