@@ -74,7 +74,6 @@ SPEECH = ("Hello there. I am a portrait that learned to talk, and this benchmark
 MODEL_SETS = ("stable-video-diffusion-img2vid-xt", "whisper-tiny", "Sonic", "RIFE")
 PLACED = ("unet", "audio_token_projector", "motion_bucket_predictor", "whisper_encoder", "vae", "image_encoder",
           "rife")
-CAST_TO_HALF = ("unet", "vae", "image_encoder")  # as the loader node does; whisper and the adapters stay fp32
 # The headline figures (what the README's GPU table shows), each null when its phase did not run or failed.
 SUMMARY_KEYS = (
     "window_activations_largest_size", "tensor_peak_error_by_size", "least_needed_over_simulated_by_size",
@@ -326,10 +325,8 @@ class Bench:
             write_full_size_random_model_set(root, build_device=self.device)
         written = time.perf_counter() - started
         started = time.perf_counter()
-        models = load_sonic_models(root)
         dtype = torch.float32 if self.args.tiny else torch.float16
-        for name in CAST_TO_HALF:
-            getattr(models, name).to(dtype)
+        models = load_sonic_models(root, dtype=dtype)
         self.models = models
         on_disk = sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file())
         params = sum(p.numel() for p in models.unet.parameters())

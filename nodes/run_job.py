@@ -71,7 +71,7 @@ def run_generate_node(node_cls: type, handle: SonicModelHandle, image: torch.Ten
             image=image, audio=loaded, settings=settings, output_path=output_path,
             policy=str(widgets["memory_policy"]), preset=str(widgets["preset"]),
             time_budget_s=float(widgets["time_budget_s"]) or None,
-            collect_frames=bool(widgets["output_frames"]), notes=[duration_note, *loaded.notes, *handle.notes],
+            collect_frames=bool(widgets["output_frames"]), notes=[duration_note, *handle.notes],
             segment_seconds=float(widgets.get("segment_seconds", 0.0)),
             job_dir=comfy.output_directory() / "sonic_guard_jobs" / _job_key(image, audio, widgets),
         )

@@ -288,7 +288,8 @@ def build_report(
                   "fps": float(result.fps), "duration_s": result.video.duration_s},
         "audio_seconds": round(job.audio.duration_s, 3),
         "av_offset_s": result.av_offset_s,
-        "notes": [*job.notes, *([room.note()] if room.note() else []), *decision.notes, *result.notes],
+        "notes": [*job.notes, *job.audio.notes, *([room.note()] if room.note() else []), *decision.notes,
+                  *result.notes],
     }
 
 

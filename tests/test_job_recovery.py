@@ -123,6 +123,16 @@ def test_plan_is_reported_and_fits(models, short_speech, tmp_path: Path) -> None
     assert report["retries"] == []
 
 
+def test_audio_notes_reach_the_headless_report(models, short_speech, tmp_path: Path) -> None:
+    """What the audio loader noticed (a WAV cut short, say) is in the report of a pure-core run too, once."""
+    from dataclasses import replace as dc_replace
+
+    note = "speech.wav: the header promises 4.00 s but the file holds only 2.00 s; download it again"
+    env, _ = environment(models, 64 * GIB)
+    report = run_job(models, job(tmp_path, dc_replace(short_speech, notes=(note,))), env).report
+    assert report["notes"].count(note) == 1
+
+
 def test_low_free_memory_applies_levers_and_says_so(models, short_speech, tmp_path: Path) -> None:
     """Free memory between the fully levered peak and the requested peak: the planner must use levers (the
     resolution ladder itself is covered with faked free memory in test_memory_planner)."""
