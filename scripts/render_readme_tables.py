@@ -258,11 +258,38 @@ def render_reliability(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _faces(row: dict[str, Any]) -> str:
+    faces = row.get("opencv_faces")
+    if faces is None:
+        return "–"
+    if not faces:
+        return "none"
+    return "; ".join(f"{', '.join(f'{v:g}' for v in f['box'])} ({percent(f['fraction_of_picture'], 1, False)})"
+                     for f in faces)
+
+
+def render_real_inputs(data: dict[str, Any]) -> list[str]:
+    lines = ["| Input | Through the server | OpenCV boxes (x1, y1, x2, y2; share of the picture) |", "|---|---|---|"]
+    for row in data["inputs"]:
+        outcome = "ran to a video" if row["outcome"] == "success" else f"refused: `{row['error'] or row['outcome']}`"
+        lines.append(f"| `{row['input']}` | {outcome}{'' if row['handled'] else ' **(not handled)**'} "
+                     f"| {_faces(row)} |")
+    run, inputs = data["run"], data["run"]["generator_inputs"]
+    alive = "yes" if data["server_alive_after"] else "**no**"
+    lines += ["", f"**{data['real_inputs_handled']} / {data['real_inputs_tried']} handled**; server alive after: "
+                  f"{alive}. Pictures ran with `{run['speech_for_pictures']}`, sounds with "
+                  f"`{run['picture_for_sounds']}`; "
+                  f"{inputs['duration']} s, {inputs['min_resolution']} px, {inputs['inference_steps']} step, "
+                  f"{run['models']}; detector: {run['face_detector']}."]
+    return lines
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "estimator": render_estimator,
     "gpu": render_gpu,
     "memory_vs_duration": render_memory_vs_duration,
     "reliability": render_reliability,
+    "real_inputs": render_real_inputs,
 }
 
 
