@@ -71,3 +71,27 @@ class TagError(BadInputError):
     """A profiling tag that would leak paths or free text, or break the backend's label rules."""
 
     reason = "bad_tag"
+
+
+class DiskFullError(SonicGuardError):
+    """The disk under the output or job folder ran out of space (ENOSPC) or quota (EDQUOT) while writing."""
+
+    reason = "disk_full"
+
+    def __init__(self, folder: str, free_bytes: int | None = None, needed_bytes: int | None = None,
+                 written_bytes: int | None = None) -> None:
+        self.folder = folder
+        self.free_bytes = free_bytes
+        self.needed_bytes = needed_bytes
+        figures = [f"{free_bytes / 2**20:.1f} MiB free" if free_bytes is not None else "free space unknown"]
+        if needed_bytes is not None:
+            figures.append(f"{needed_bytes / 2**20:.2f} MiB more needed")
+        if written_bytes is not None:
+            figures.append(f"{written_bytes / 2**20:.2f} MiB written before it filled")
+        super().__init__(
+            problem=f"the disk holding {folder} is full ({', '.join(figures)}); the half-written file was removed",
+            expected="room on that disk for the whole video and its temporary files (a long job keeps its "
+                     "segment files there too until it is stitched)",
+            fix="free space on that disk, or start ComfyUI with --output-directory on a disk with room, then "
+                "queue the prompt again (finished segments of a long job are reused)",
+        )

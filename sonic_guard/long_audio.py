@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -65,6 +64,7 @@ from .segments import (
     SegmentJob,
     SegmentOutput,
     plan_segments,
+    save_tensor_atomic,
     stitch_videos,
 )
 from .settings import GenerationSettings
@@ -154,10 +154,7 @@ class _SegmentRun:
             finally:
                 switcher.close()
         if not segment.is_last and last is not None and mode in MIDPOINT_MODES:
-            target = self._last_frame_path(segment.index)
-            temporary = target.with_suffix(".pt.tmp")
-            torch.save(last.detach().to("cpu", torch.float32).clone(), temporary)
-            os.replace(temporary, target)
+            save_tensor_atomic(self._last_frame_path(segment.index), last.to(torch.float32))
         return info
 
 
@@ -195,6 +192,7 @@ def generate_segmented(
         offsets.append(offsets[-1] + windows_per_step(segment.stop - segment.context_start) * plan.inference_steps)
     fingerprint = segment_fingerprint(models, reference, audio, settings, plan, output, limit, context_frames)
     job = SegmentJob(job_dir, fingerprint, segments)
+    notes.extend(job.notes)  # segments redone because a file was missing or damaged
     reused = sum(job.is_done(segment.index) for segment in segments)
     run = _SegmentRun(models, reference, settings, plan, inputs, output, placer, device, hooks, segments,
                       context_frames, offsets, Path(job_dir))

@@ -9,19 +9,27 @@ first own frame (but not the context frame itself), so the stitched clip has the
 unsegmented run.
 
 Resume. The job folder holds `manifest.json` (a fingerprint of the inputs' content hashes + settings, and
-the finished segments), `segment_NNN.mp4` (video only) and `segment_NNN_tail.pt` (the anchor latents for the
-next segment). Every file is written under a temporary name and renamed into place. A rerun with the same
-fingerprint skips finished segments; a different fingerprint clears the folder's segment files and starts
-over.
+the finished segments with the sha256 and size of each of their files), `segment_NNN.mp4` (video only) and
+`segment_NNN_tail.pt` (the anchor latents for the next segment). Every file is written under a temporary name,
+fsynced, renamed into place and its folder fsynced; the manifest is written last, so a segment counts as
+finished only once all its files are on disk. A rerun with the same fingerprint verifies the finished segments'
+hashes and skips them; the first one that is missing or damaged is redone with every segment after it (they
+were anchored on it), and `notes` says which and why. Temporary files a crash left behind are removed on start.
+A different fingerprint, or a manifest of another version, clears the folder's segment files and starts over.
 The audio is muxed once over the whole stitched video.
+
+Disk full. A write that fails with ENOSPC/EDQUOT raises `DiskFullError` (naming the folder and the free space)
+after removing the file it was writing; finished segments stay, so the rerun after freeing space resumes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -31,13 +39,16 @@ import av
 import torch
 
 from .errors import BadInputError
-from .video_writer import AudioInput, AudioTrackEncoder, VideoFileInfo
+from .video_writer import AudioInput, AudioTrackEncoder, VideoFileInfo, disk_full_error, is_disk_full
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: sha256 and size of every finished segment file
 MIDPOINT_MODES = ("rife", "blend")
+# What an interrupted write leaves: `x.tmp`, `x.pt.tmp`, `segment_NNN.partial.mp4`.
+_TEMPORARY = re.compile(r"(\.tmp$)|(\.partial\.)")
+_SEGMENT_FILE = re.compile(r"^segment_(\d+)[._]")
 
 
 @dataclass(frozen=True)
@@ -125,13 +136,68 @@ def job_fingerprint(input_hashes: Mapping[str, str], settings: Mapping[str, obje
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable: without it a crash can bring back the old directory entry."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def replace_durably(temporary: Path, path: Path) -> None:
+    """fsync the finished temporary file, rename it into place, fsync the folder."""
+    fsync_file(temporary)
+    os.replace(temporary, path)
+    fsync_dir(path.parent)
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        fsync_dir(path.parent)
+    except OSError as error:
+        full = disk_full_error(path, error, needed_bytes=len(data)) if is_disk_full(error) else None
+        temporary.unlink(missing_ok=True)
+        if full is not None:
+            raise full from error
+        raise
+
+
+def save_tensor_atomic(path: Path, tensor: torch.Tensor) -> None:
+    """torch.save through memory: a full disk then fails as an OSError (DiskFullError), not torch's RuntimeError."""
+    buffer = io.BytesIO()
+    torch.save(tensor.detach().to("cpu").clone(), buffer)
+    _write_atomic(path, buffer.getvalue())
+
+
+def _file_record(path: Path) -> dict[str, object]:
+    return {"name": path.name, "sha256": file_sha256(path), "size": path.stat().st_size}
+
+
+def _check_file(folder: Path, record: object) -> str:
+    """'' when the recorded file is on disk with its recorded size and hash, else what is wrong with it."""
+    if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+        return "its manifest entry is malformed"
+    path = folder / record["name"]
+    if not path.is_file():
+        return f"{path.name} is missing"
+    size = path.stat().st_size
+    if size != record.get("size"):
+        return f"{path.name} is {size} bytes, the manifest recorded {record.get('size')}"
+    if file_sha256(path) != record.get("sha256"):
+        return f"{path.name} does not match its recorded sha256 (damaged on disk)"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -147,7 +213,10 @@ RenderSegment = Callable[[Segment, torch.Tensor | None, Path], SegmentOutput]
 
 
 class SegmentJob:
-    """A resumable run of segments in one job folder (the folder must be used by this job only)."""
+    """A resumable run of segments in one job folder (the folder must be used by this job only).
+
+    `notes` says what resuming found: segments redone because a file was missing or damaged.
+    """
 
     def __init__(self, job_dir: str | Path, fingerprint: str, segments: Sequence[Segment]) -> None:
         self.job_dir = Path(job_dir)
@@ -155,6 +224,7 @@ class SegmentJob:
         self.segments = list(segments)
         plan = json.dumps([asdict(segment) for segment in self.segments])
         self.fingerprint = hashlib.sha256(f"{fingerprint}{plan}".encode()).hexdigest()
+        self.notes: list[str] = []
         self._done: dict[str, dict[str, object]] = {}
         self._done = self._load_or_reset()
 
@@ -165,10 +235,8 @@ class SegmentJob:
         return self.job_dir / f"segment_{index:03d}_tail.pt"
 
     def is_done(self, index: int) -> bool:
-        record = self._done.get(str(index))
-        return record is not None and self.video_path(index).is_file() and (
-            not record.get("tail") or self.tail_path(index).is_file()
-        )
+        """Finished and verified when the job was opened (hash and size of each of its files)."""
+        return str(index) in self._done
 
     def run(self, render: RenderSegment, on_segment: Callable[[int, int], None] | None = None) -> list[Path]:
         """Render every unfinished segment in order; `on_segment(done, total)` may raise to stop."""
@@ -187,14 +255,17 @@ class SegmentJob:
         self, render: RenderSegment, segment: Segment, anchor: torch.Tensor | None
     ) -> torch.Tensor | None:
         partial = self.job_dir / f"segment_{segment.index:03d}.partial.mp4"
-        output = render(segment, anchor, partial)
-        record: dict[str, object] = {"frames": output.info.frames, "tail": ""}
-        if output.tail_latents is not None:
-            temporary = self.tail_path(segment.index).with_suffix(".pt.tmp")
-            torch.save(output.tail_latents.detach().to("cpu").clone(), temporary)
-            os.replace(temporary, self.tail_path(segment.index))
-            record["tail"] = self.tail_path(segment.index).name
-        os.replace(partial, self.video_path(segment.index))
+        try:
+            output = render(segment, anchor, partial)
+            record: dict[str, object] = {"frames": output.info.frames, "video": None, "tail": None}
+            if output.tail_latents is not None:
+                save_tensor_atomic(self.tail_path(segment.index), output.tail_latents)
+                record["tail"] = _file_record(self.tail_path(segment.index))
+            replace_durably(partial, self.video_path(segment.index))
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a cancel, crash-free failure or full disk leaves no half file
+            raise
+        record["video"] = _file_record(self.video_path(segment.index))
         self._done[str(segment.index)] = record
         self._save_manifest()
         return output.tail_latents
@@ -207,17 +278,62 @@ class SegmentJob:
         manifest_path = self.job_dir / MANIFEST_NAME
         try:
             manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):
+        except FileNotFoundError:
             manifest = None
+        except (OSError, ValueError) as error:
+            logger.warning("the manifest in %s cannot be read (%s); starting the job over", self.job_dir, error)
+            manifest = {}
         if isinstance(manifest, dict) and manifest.get("fingerprint") == self.fingerprint:
-            return dict(manifest.get("done", {}))
-        if manifest is not None:
+            if manifest.get("version") == MANIFEST_VERSION:
+                recorded = dict(manifest.get("done", {}))
+                done = self._verified(recorded)
+                self._remove_unrecorded(done)
+                if done != recorded:  # a crash before the redo must not trust the dropped records again
+                    self._done = done
+                    self._save_manifest()
+                return done
+            logger.info("job folder %s holds a version %s manifest (this is version %d); starting over",
+                        self.job_dir, manifest.get("version"), MANIFEST_VERSION)
+        elif manifest is not None:
             logger.info("job folder %s holds a different job; starting fresh", self.job_dir)
         for stale in self.job_dir.glob("segment_*"):
             stale.unlink()
         self._done = {}
         self._save_manifest()
         return {}
+
+    def _verified(self, done: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+        """The finished segments whose files are intact, up to the first that is not: that one and every later
+        one (anchored on it) are redone."""
+        kept: dict[str, dict[str, object]] = {}
+        for segment in self.segments:
+            record = done.get(str(segment.index))
+            if record is None:
+                break
+            problem = _check_file(self.job_dir, record.get("video"))
+            if not problem and record.get("tail") is not None:
+                problem = _check_file(self.job_dir, record.get("tail"))
+            if not problem and record.get("tail") is None and not segment.is_last:
+                problem = "its anchor latents were never recorded"
+            if problem:
+                later = sum(str(other.index) in done for other in self.segments[segment.index + 1 :])
+                note = (f"segment {segment.index + 1}/{len(self.segments)} redone: {problem}"
+                        + (f"; {later} finished segment(s) after it redone too (anchored on it)" if later else ""))
+                logger.warning("%s (job folder %s)", note, self.job_dir)
+                self.notes.append(note)
+                break
+            kept[str(segment.index)] = record
+        return kept
+
+    def _remove_unrecorded(self, done: Mapping[str, object]) -> None:
+        """Temporaries a crash left and the files of segments not (or no longer) finished: never trusted."""
+        for path in self.job_dir.glob("segment_*"):
+            match = _SEGMENT_FILE.match(path.name)
+            if _TEMPORARY.search(path.name) or match is None or str(int(match.group(1))) not in done:
+                logger.info("removing %s (left by an unfinished run)", path.name)
+                path.unlink()
+        for path in self.job_dir.glob(MANIFEST_NAME + ".tmp"):
+            path.unlink()
 
     def _save_manifest(self) -> None:
         manifest = {
@@ -246,10 +362,16 @@ def stitch_videos(
     temporary = out_path.with_name(out_path.stem + ".partial" + out_path.suffix)
     try:
         frames, fps, codec = _remux(video_paths, temporary, audio, audio_offset_s)
+        replace_durably(temporary, out_path)
+    except OSError as error:
+        full = disk_full_error(out_path, error) if is_disk_full(error) else None
+        temporary.unlink(missing_ok=True)
+        if full is not None:
+            raise full from error
+        raise
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    os.replace(temporary, out_path)
     return VideoFileInfo(
         path=out_path,
         frames=frames,

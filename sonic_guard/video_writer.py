@@ -4,12 +4,17 @@ The official Sonic collects every frame, writes a silent file, then runs ffmpeg 
 `-shortest`. Here each frame is encoded the moment it is written and the audio is encoded in step with the
 video clock, so the file holds interleaved video and AAC packets and nothing grows with the clip length.
 At `close()` the audio is cut or padded with silence so both streams last frames/fps seconds.
+
+A full disk (ENOSPC, or EDQUOT for a quota) while opening, writing or closing removes the half-written file and
+raises `DiskFullError`, which names the folder and its free space.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -20,7 +25,7 @@ import av
 import numpy as np
 import torch
 
-from .errors import BadAudioError
+from .errors import BadAudioError, DiskFullError
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +36,25 @@ DEFAULT_AAC_RATE = 48000
 AUDIO_FEED_SECONDS = 1.0
 
 AudioInput = tuple[np.ndarray | torch.Tensor, int]
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """An OSError (PyAV's included: av.error.OSError subclasses it) that means no space or no quota left."""
+    return isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS
+
+
+def disk_full_error(path: str | Path, error: OSError, needed_bytes: int | None = None,
+                    written_bytes: int | None = None) -> DiskFullError:
+    """The actionable error for a write to `path` that failed with `error` (ENOSPC/EDQUOT)."""
+    folder = Path(path).parent
+    try:
+        free: int | None = shutil.disk_usage(folder).free
+    except OSError as usage_error:  # the message then says "free space unknown"
+        logger.debug("cannot read the free space of %s: %s", folder, usage_error)
+        free = None
+    logger.error("disk full while writing %s: %s", path, error)
+    return DiskFullError(str(folder), free_bytes=free, needed_bytes=needed_bytes, written_bytes=written_bytes)
 
 
 @dataclass(frozen=True)
@@ -185,7 +209,14 @@ class StreamingVideoWriter:
         self._codec = codec or pick_video_codec()
         if self._codec not in ("libx264", "mpeg4"):
             raise ValueError(f"codec must be 'libx264' or 'mpeg4', got {self._codec!r}")
-        self._container = av.open(str(self.path), mode="w", format="mp4")
+        try:
+            self._container = av.open(str(self.path), mode="w", format="mp4")
+        except OSError as error:
+            if is_disk_full(error):
+                full = disk_full_error(self.path, error)
+                self.path.unlink(missing_ok=True)
+                raise full from error
+            raise
         try:
             self._video = self._container.add_stream(self._codec, rate=self.fps)
             self._video.width, self._video.height = self.width, self.height
@@ -221,11 +252,16 @@ class StreamingVideoWriter:
         video_frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
         video_frame.pts = self._frames
         video_frame.time_base = 1 / self.fps
-        for packet in self._video.encode(video_frame):
-            self._container.mux(packet)
-        self._frames += 1
-        if self._audio is not None:
-            self._audio.advance_to(float(self._frames / self.fps))
+        try:
+            for packet in self._video.encode(video_frame):
+                self._container.mux(packet)
+            self._frames += 1
+            if self._audio is not None:
+                self._audio.advance_to(float(self._frames / self.fps))
+        except OSError as error:
+            if is_disk_full(error):
+                raise self._abort_disk_full(error) from error
+            raise
 
     def close(self) -> VideoFileInfo:
         """Flush both encoders, cut/pad the audio to the video duration and close the file."""
@@ -233,12 +269,17 @@ class StreamingVideoWriter:
         if not self._closed:
             self._closed = True
             try:
-                for packet in self._video.encode(None):
-                    self._container.mux(packet)
-                if self._audio is not None:
-                    self._audio.finish(duration)
-            finally:
-                self._container.close()
+                try:
+                    for packet in self._video.encode(None):
+                        self._container.mux(packet)
+                    if self._audio is not None:
+                        self._audio.finish(duration)
+                finally:
+                    self._container.close()
+            except OSError as error:
+                if is_disk_full(error):
+                    raise self._abort_disk_full(error) from error
+                raise
         return VideoFileInfo(
             path=self.path,
             frames=self._frames,
@@ -248,6 +289,21 @@ class StreamingVideoWriter:
             audio_offset_s=self._audio_offset_s if self._audio is not None else 0.0,
             video_codec=self._codec,
         )
+
+    def _abort_disk_full(self, error: OSError) -> DiskFullError:
+        """Close what can be closed and remove the half-written file: a truncated mp4 must not look finished."""
+        self._closed = True
+        try:
+            written = self.path.stat().st_size if self.path.exists() else None
+        except OSError:
+            written = None
+        try:
+            self._container.close()
+        except OSError as close_error:  # the same full disk again, while flushing what was buffered
+            logger.debug("closing %s after the disk filled: %s", self.path, close_error)
+        full = disk_full_error(self.path, error, written_bytes=written)  # free space read while it is full
+        self.path.unlink(missing_ok=True)
+        return full
 
     def __enter__(self) -> StreamingVideoWriter:
         return self

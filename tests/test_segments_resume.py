@@ -15,6 +15,7 @@ from scipy.io import wavfile
 from sonic_guard.errors import BadInputError
 from sonic_guard.interpolate import interpolate_stream
 from sonic_guard.segments import (
+    MANIFEST_VERSION,
     Segment,
     SegmentJob,
     SegmentOutput,
@@ -147,7 +148,7 @@ def test_a_different_fingerprint_starts_fresh(tmp_path: Path) -> None:
     assert not fresh.is_done(0) and not (tmp_path / "segment_000.mp4").exists()
     fresh.run(_render(calls))
     assert calls == [0, 0, 1, 2]
-    # An unfinished render leaves only its .partial file, which a rerun overwrites.
+    # An unfinished render leaves nothing: its .partial file is removed.
     def failing(segment: Segment, anchor: torch.Tensor | None, path: Path) -> SegmentOutput:
         path.write_bytes(b"half a file")
         raise Interrupted
@@ -156,6 +157,7 @@ def test_a_different_fingerprint_starts_fresh(tmp_path: Path) -> None:
     with pytest.raises(Interrupted):
         job.run(failing)
     assert not job.is_done(0) and not (tmp_path / "segment_000.mp4").exists()
+    assert not list(tmp_path.glob("*.partial*"))
 
 
 def test_stitch_rejects_mismatched_segments(tmp_path: Path) -> None:
@@ -165,3 +167,92 @@ def test_stitch_rejects_mismatched_segments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not match"):
         stitch_videos([tmp_path / "a.mp4", tmp_path / "b.mp4"], tmp_path / "out.mp4")
     assert not (tmp_path / "out.mp4").exists() and not list(tmp_path.glob("*.partial*"))
+
+
+def _interrupted_job(job_dir: Path, plan: list[Segment], after: int) -> None:
+    with pytest.raises(Interrupted):
+        SegmentJob(job_dir, "settings", plan).run(_render([]), on_segment=_stop_after(after))
+
+
+def test_a_damaged_segment_is_redone_with_every_segment_after_it(tmp_path: Path) -> None:
+    plan = plan_segments(39, 12, 3)
+    _interrupted_job(tmp_path, plan, after=3)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["version"] == MANIFEST_VERSION
+    record = manifest["done"]["1"]["video"]
+    assert record["name"] == "segment_001.mp4" and len(record["sha256"]) == 64
+    assert record["size"] == (tmp_path / "segment_001.mp4").stat().st_size
+    # One flipped byte in the middle of segment 2's video: same size, another hash.
+    damaged = tmp_path / "segment_001.mp4"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+
+    calls: list[int] = []
+    job = SegmentJob(tmp_path, "settings", plan)
+    assert job.is_done(0) and not job.is_done(1) and not job.is_done(2)
+    assert len(job.notes) == 1 and "segment 2/4 redone" in job.notes[0] and "sha256" in job.notes[0]
+    assert "1 finished segment(s) after it" in job.notes[0]
+    assert not (tmp_path / "segment_002.mp4").exists()  # the later segment's files go with it
+    job.run(_render(calls))
+    assert calls == [1, 2, 3]
+    # The result is the clean run's, frame for frame.
+    clean = SegmentJob(tmp_path / "clean", "settings", plan)
+    clean_paths = clean.run(_render([]))
+    resumed_paths = [job.video_path(segment.index) for segment in plan]
+    stitched = stitch_videos(resumed_paths, tmp_path / "out.mp4")
+    reference = stitch_videos(clean_paths, tmp_path / "clean.mp4")
+    assert stitched.frames == reference.frames == 2 * 39 - 1
+    assert all(np.array_equal(a, b) for a, b in zip(_decoded(tmp_path / "out.mp4"), _decoded(tmp_path / "clean.mp4")))
+
+
+def test_a_truncated_tail_or_a_missing_video_is_redone(tmp_path: Path) -> None:
+    plan = plan_segments(39, 12, 3)
+    _interrupted_job(tmp_path, plan, after=2)
+    tail = tmp_path / "segment_001_tail.pt"
+    tail.write_bytes(tail.read_bytes()[: tail.stat().st_size // 2])
+    job = SegmentJob(tmp_path, "settings", plan)
+    assert job.is_done(0) and not job.is_done(1)
+    assert "segment_001_tail.pt is" in job.notes[0] and "bytes" in job.notes[0], job.notes
+    # The dropped record is gone from the manifest at once: a crash before the redo cannot trust it again.
+    assert sorted(json.loads((tmp_path / "manifest.json").read_text())["done"]) == ["0"]
+    calls: list[int] = []
+    job.run(_render(calls))
+    assert calls == [1, 2, 3]
+
+    (tmp_path / "segment_000.mp4").unlink()
+    job = SegmentJob(tmp_path, "settings", plan)
+    assert not any(job.is_done(segment.index) for segment in plan)
+    assert "segment_000.mp4 is missing" in job.notes[0]
+
+
+def test_leftovers_of_a_crash_are_removed_on_start(tmp_path: Path) -> None:
+    plan = plan_segments(39, 12, 3)
+    _interrupted_job(tmp_path, plan, after=1)
+    # What kill -9 can leave: a half-written segment, temporaries, and a finished file whose manifest entry was
+    # never written (the manifest is the commit point).
+    leftovers = ["segment_001.partial.mp4", "segment_001_tail.pt.tmp", "manifest.json.tmp", "segment_001.mp4",
+                 "segment_001_last.pt", "segment_000_last.pt.tmp"]
+    for name in leftovers:
+        (tmp_path / name).write_bytes(b"half a file")
+    job = SegmentJob(tmp_path, "settings", plan)
+    assert job.is_done(0) and not job.is_done(1) and not job.notes
+    assert not [name for name in leftovers if (tmp_path / name).exists()]
+    assert (tmp_path / "segment_000.mp4").is_file() and (tmp_path / "segment_000_tail.pt").is_file()
+
+
+def test_an_old_version_manifest_starts_over(tmp_path: Path) -> None:
+    plan = plan_segments(39, 12, 3)
+    _interrupted_job(tmp_path, plan, after=2)
+    manifest_path = tmp_path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["version"] = 1  # what the previous release wrote: no hashes to verify
+    manifest["done"] = {key: {"frames": value["frames"], "tail": value["tail"]["name"]}
+                        for key, value in manifest["done"].items()}
+    manifest_path.write_text(json.dumps(manifest))
+    job = SegmentJob(tmp_path, "settings", plan)
+    assert not job.is_done(0) and not list(tmp_path.glob("segment_*"))
+    assert json.loads(manifest_path.read_text())["version"] == MANIFEST_VERSION
+    calls: list[int] = []
+    job.run(_render(calls))
+    assert calls == [0, 1, 2, 3]
