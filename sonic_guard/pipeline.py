@@ -297,7 +297,9 @@ def _encode(
         switcher.switch("encode")
         estimate = measure_av_offset(meter.energies, audio.waveform, float(output.fps))
         offset = estimate.correction_s()
-        video = stitch_videos([video_path], output_path, audio_track(audio), audio_offset_s=offset)
-        video_path.unlink(missing_ok=True)
+        try:
+            video = stitch_videos([video_path], output_path, audio_track(audio), audio_offset_s=offset)
+        finally:  # a failed mux (a full disk) must not leave the video-only file in the output folder
+            video_path.unlink(missing_ok=True)
     frames_tensor = torch.from_numpy(np.stack(collected)).float() / 255.0 if collected else None
     return video, frames_tensor, offset
