@@ -11,6 +11,11 @@ its outputs, up to 10000). Each soak stops early when its time budget runs out a
 ran). Each soak run: 0.5 s of real speech, 128 px, 1 step, no interpolation, the small random model set; ComfyUI
 runs with --cpu --cache-none, so every run also reloads the models. The RSS growth limit is the CI soak's
 (tests/test_hardening_soak.py).
+
+`crash_resume_ok`, `corrupt_segment_redone` and `disk_full_ok` come from running the scenarios of
+tests/test_crash_resume_server.py (kill -9 in the middle of a segmented job, one finished segment damaged on disk,
+a new server on the same folder) and tests/test_disk_full.py (the video writer onto a full 2 MiB tmpfs, which
+needs root to mount) here, on their own servers and disk.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from hardening_server import (  # noqa: E402
     wait_finished,
 )
 from results_file import write_results  # noqa: E402  (bench/ is on sys.path: run as python bench/...)
+from test_crash_resume_server import crash_scenario  # noqa: E402
+from test_disk_full import mount_small_disk, unmount_small_disk, writer_disk_full_scenario  # noqa: E402
 from test_hardening_soak import RSS_GROWTH_LIMIT  # noqa: E402
 
 logger = logging.getLogger("bench_reliability")
@@ -201,6 +208,51 @@ def cancel_and_load(server: ComfyServer, burst: int = 120, workers: int = 6) -> 
     }
 
 
+def crash_and_disk_full(work: Path) -> dict:
+    """The crash scenario of tests/test_crash_resume_server.py (kill -9 mid-job, a damaged segment, restart on the
+    same folder) on its own servers, and the writer's disk-full scenario of tests/test_disk_full.py on a 2 MiB
+    tmpfs (a loop file where tmpfs cannot be mounted): what each run did, and whether it was right."""
+    from conftest import server_base_dir
+
+    from sonic_guard.models.tiny import write_tiny_model_set
+
+    sources = work / "crash_sources"
+    write_tiny_model_set(sources / "tiny-sonic", seed=0)
+    speech = speak(sources / "speech.wav")
+    save_image(portrait(), sources / "portrait.png")
+    base = server_base_dir(work / "crash_comfy", sources / "tiny-sonic", speech, sources / "portrait.png")
+    servers: list[ComfyServer] = []
+    started = time.monotonic()
+    try:
+        crash = crash_scenario(base, servers)
+    finally:
+        for server in servers:
+            server.stop()
+    crash_s = time.monotonic() - started
+    disk = work / "small_disk"
+    kind = mount_small_disk(disk)
+    try:
+        full = writer_disk_full_scenario(disk)
+    finally:
+        unmount_small_disk(disk)
+    error = full["error"]
+    message = str(error) if error is not None else ""
+    disk_full_ok = (error is not None and error.reason == "disk_full" and str(disk) in message
+                    and "Fix:" in message and full["left_after_failure"] == [] and full["next_run_frames"] == 25)
+    logger.info("crash resume: %s; disk full: %s", crash, full)
+    return {
+        "crash_resume_ok": bool(crash["error"] is None and crash["reused_ok"] and crash["complete"]
+                                and not crash["leftovers"]),
+        "corrupt_segment_redone": bool(crash["damaged_redone"]),
+        "disk_full_ok": bool(disk_full_ok),
+        "crash_resume": {key: crash.get(key) for key in (
+            "done_at_kill", "intact", "reused_logged", "frames", "fps", "audio_s", "leftovers")}
+        | {"seconds": round(crash_s, 1), "notes": [n for n in crash["notes"] if "redone" in n or "reused" in n]},
+        "disk_full": {"disk": f"{kind}, 2 MiB", "message": message[:400],
+                      "left_after_failure": full["left_after_failure"], "next_run_frames": full["next_run_frames"]},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--soak-runs", type=int, default=200, help="runs per soak")
@@ -210,6 +262,8 @@ def main() -> None:
                              "history-kept: keep it (ComfyUI's growth too)")
     parser.add_argument("--skip-bad-inputs", action="store_true")
     parser.add_argument("--skip-cancel-load", action="store_true")
+    parser.add_argument("--skip-crash-disk", action="store_true",
+                        help="skip the kill -9 resume and disk-full scenarios (they need root to mount a tmpfs)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "reliability.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -228,6 +282,8 @@ def main() -> None:
                 result.update(bad_inputs(server))
             if not args.skip_cancel_load:
                 result.update(cancel_and_load(server))
+            if not args.skip_crash_disk:
+                result.update(crash_and_disk_full(Path(work)))
             for name in args.soaks:
                 key = "soak_" + name.replace("-", "_")
                 result[key] = soak(server, args.soak_runs, args.soak_budget_s, clear_history=name == "history-cleared")

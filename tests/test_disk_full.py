@@ -17,6 +17,9 @@ import av
 import numpy as np
 import pytest
 import torch
+from comfy_host import ComfyServer
+from hardening_cases import quick_prompt
+from hardening_server import execution_error_of, run_prompt
 
 from sonic_guard.errors import DiskFullError, SonicGuardError
 from sonic_guard.segments import MANIFEST_NAME, Segment, SegmentJob, SegmentOutput, plan_segments, stitch_videos
@@ -26,34 +29,46 @@ SIZE = 128
 DISK_BYTES = 2 * 2**20
 
 
-def _mount(target: Path) -> str:
-    """Mount a DISK_BYTES file system on `target`; the mount's kind, or fail saying why neither way worked."""
+class SmallDiskError(RuntimeError):
+    """Neither a tmpfs nor a loop file could be mounted: the disk-full scenarios cannot run here."""
+
+
+def mount_small_disk(target: Path, size_bytes: int = DISK_BYTES) -> str:
+    """Mount a `size_bytes` file system on `target` (made here): "tmpfs", else "loop" (an ext4 image file)."""
     target.mkdir(parents=True)
-    tmpfs = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(target)],
+    tmpfs = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(target)],
                            capture_output=True, text=True)
     if tmpfs.returncode == 0:
         return "tmpfs"
     image = target.with_suffix(".img")
     with open(image, "wb") as handle:
-        handle.truncate(4 * DISK_BYTES)  # ext4's own metadata takes part of a tiny image
+        handle.truncate(4 * size_bytes)  # ext4's own metadata takes part of a tiny image
     steps = [["mkfs.ext4", "-q", "-F", str(image)], ["mount", "-o", "loop", str(image), str(target)]]
     for step in steps:
         done = subprocess.run(step, capture_output=True, text=True)
         if done.returncode != 0:
-            pytest.fail(f"cannot make a small disk for the disk-full tests: `mount -t tmpfs` said "
-                        f"{tmpfs.stderr.strip()!r} and `{' '.join(step)}` said {done.stderr.strip()!r}. "
-                        "Run the tests as root (or with CAP_SYS_ADMIN) so a tmpfs or loop file can be mounted")
+            raise SmallDiskError(
+                f"cannot make a small disk for the disk-full scenario: `mount -t tmpfs` said "
+                f"{tmpfs.stderr.strip()!r} and `{' '.join(step)}` said {done.stderr.strip()!r}. Run as root (or "
+                "with CAP_SYS_ADMIN) so a tmpfs or a loop file can be mounted")
     return "loop"
+
+
+def unmount_small_disk(target: Path) -> None:
+    subprocess.run(["umount", str(target)], check=True)
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     target = tmp_path / "small_disk"
-    _mount(target)
+    try:
+        mount_small_disk(target)
+    except SmallDiskError as error:
+        pytest.fail(str(error))  # not a skip: the disk-full handling would go untested
     try:
         yield target
     finally:
-        subprocess.run(["umount", str(target)], check=True)
+        unmount_small_disk(target)
 
 
 def _noise(count: int, seed: int = 0) -> Iterator[np.ndarray]:
@@ -92,22 +107,31 @@ def _write(path: Path, frames: int, seed: int = 0) -> None:
             writer.write(frame)
 
 
-def test_the_writer_fails_with_an_actionable_error_and_leaves_nothing(small_disk: Path) -> None:
-    target = small_disk / "talking_00001.mp4"
-    with pytest.raises(DiskFullError) as caught:
+def writer_disk_full_scenario(folder: Path) -> dict:
+    """Encode until the small disk at `folder` is full, then a short video on the same disk: what happened."""
+    target = folder / "talking_00001.mp4"
+    error: DiskFullError | None = None
+    try:
         _write(target, 2000)
-    error = caught.value
-    assert isinstance(error, SonicGuardError) and error.reason == "disk_full"
+    except DiskFullError as caught:
+        error = caught
+    left = _listing(folder)
+    _write(target, 25, seed=1)  # the space the failed file took is back: the next (smaller) run works
+    return {"error": error, "left_after_failure": left, "next_run_frames": _frame_count(target)}
+
+
+def test_the_writer_fails_with_an_actionable_error_and_leaves_nothing(small_disk: Path) -> None:
+    figures = writer_disk_full_scenario(small_disk)
+    error = figures["error"]
+    assert isinstance(error, SonicGuardError) and error.reason == "disk_full", figures
     assert is_disk_full(error.__cause__), error.__cause__
     assert error.__cause__.errno in (errno.ENOSPC, errno.EDQUOT)
     message = str(error)
     assert str(small_disk) in message and "MiB free" in message and "written before it filled" in message
     assert "Expected:" in message and "Fix:" in message and "--output-directory" in message
     assert error.free_bytes is not None and error.free_bytes < DISK_BYTES // 4
-    assert _listing(small_disk) == [], "a half-written mp4 was left in the output folder"
-    # The space the failed file took is back: the next (smaller) run on the same disk works.
-    _write(target, 25, seed=1)
-    assert _frame_count(target) == 25
+    assert figures["left_after_failure"] == [], "a half-written mp4 was left in the output folder"
+    assert figures["next_run_frames"] == 25
 
 
 def test_stitching_onto_a_full_disk_removes_its_partial_file(small_disk: Path, tmp_path: Path) -> None:
@@ -161,3 +185,30 @@ def test_a_segmented_job_on_a_full_disk_keeps_finished_segments_and_resumes(smal
     paths = job.run(_render(calls))
     assert calls == list(range(1, len(plan))), "the finished segment was not reused"
     assert stitch_videos(paths, small_disk / "out.mp4").frames == 60
+
+
+def test_a_server_run_onto_a_full_output_disk_fails_clearly_and_the_server_goes_on(
+    comfy_server: ComfyServer,
+) -> None:
+    """The output subfolder `diskfull/` of the real server is a small disk with almost no room left."""
+    folder = Path(comfy_server.base) / "output" / "diskfull"
+    try:
+        mount_small_disk(folder)
+    except SmallDiskError as error:
+        pytest.fail(str(error))
+    try:
+        filler = _fill(folder, 4096)  # one tmpfs page: less than the smallest video
+        _, answer, history = run_prompt(comfy_server, quick_prompt(seed=77, filename_prefix="diskfull/run"))
+        assert history is not None, answer
+        error = execution_error_of(history)
+        assert error is not None and error["exception_type"].rsplit(".", 1)[-1] == "DiskFullError", error
+        assert str(folder) in error["exception_message"] and "Fix:" in error["exception_message"], error
+        assert _listing(folder) == ["filler.bin"], "the failed run left files on the full disk"
+        assert "system" in comfy_server.get_json("/system_stats", timeout=10)
+        filler.unlink()  # space is freed: the same kind of run now works
+        _, answer, history = run_prompt(comfy_server, quick_prompt(seed=78, filename_prefix="diskfull/run"))
+        assert history is not None and execution_error_of(history) is None, answer or execution_error_of(history)
+        saved = history["outputs"]["4"]["images"][0]
+        assert _frame_count(folder / saved["filename"]) > 0
+    finally:
+        unmount_small_disk(folder)
