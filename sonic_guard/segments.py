@@ -138,6 +138,8 @@ def job_fingerprint(input_hashes: Mapping[str, str], settings: Mapping[str, obje
 
 def fsync_dir(folder: Path) -> None:
     """Make a rename in `folder` durable: without it a crash can bring back the old directory entry."""
+    if os.name == "nt":  # Windows cannot open a folder as a file; NTFS journals the rename itself
+        return
     handle = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(handle)
@@ -151,10 +153,17 @@ def fsync_file(path: Path) -> None:
 
 
 def replace_durably(temporary: Path, path: Path) -> None:
-    """fsync the finished temporary file, rename it into place, fsync the folder."""
-    fsync_file(temporary)
-    os.replace(temporary, path)
-    fsync_dir(path.parent)
+    """fsync the finished temporary file, rename it into place, fsync the folder.
+
+    A file system that allocates late (ext4, XFS) may report a full disk only at the fsync: DiskFullError too."""
+    try:
+        fsync_file(temporary)
+        os.replace(temporary, path)
+        fsync_dir(path.parent)
+    except OSError as error:
+        if is_disk_full(error):
+            raise disk_full_error(path, error) from error
+        raise
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
