@@ -153,3 +153,27 @@ def test_seams_are_no_bigger_than_the_steps_inside_segments(clean_run) -> None:
     inside = np.delete(steps[: 2 * generated - 2], [*(starts - 1), *starts])  # padding frames left out
     assert seam_steps.max() <= 1.15 * inside.max(), (seam_steps, inside.max(), inside.mean())
     assert seam_steps.min() >= 0.5 * np.median(inside), (seam_steps, np.median(inside))
+
+
+def test_a_segment_damaged_on_disk_is_redone_and_the_video_matches_a_clean_run(
+    setup: Setup, clean_run, tmp_path: Path
+) -> None:
+    clean, _ = clean_run
+    segments = _segments()
+    windows = [windows_per_step(s.stop - s.context_start) * STEPS for s in segments]
+
+    def stop_in_segment_three(done: int, total: int) -> None:
+        if done > windows[0] + windows[1]:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        setup.run(tmp_path / "out.mp4", tmp_path / "job", RunHooks(progress=stop_in_segment_three))
+    damaged = tmp_path / "job" / "segment_001.mp4"
+    damaged.write_bytes(damaged.read_bytes()[:-100])  # truncated, as by a crash of the disk or a copy
+
+    setup.unet_calls.clear()
+    resumed = setup.run(tmp_path / "out.mp4", tmp_path / "job")
+    assert len(setup.unet_calls) == windows[1] + windows[2]  # segment 1 reused; 2 (damaged) and 3 sampled
+    assert any("segment 2/3 redone: segment_001.mp4" in note for note in resumed.notes), resumed.notes
+    assert any("1 reused" in note for note in resumed.notes), resumed.notes
+    assert np.array_equal(_frames(resumed.video.path), _frames(clean.video.path))
