@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import struct
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +21,18 @@ SILENCE_PEAK = 1e-4
 MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 768000
 
-# Files that are certainly not audio: say "unsupported format" instead of a raw ffmpeg error.
+# Files that are certainly not audio: say "unsupported format" instead of a raw decoder error.
 _NOT_AUDIO_SUFFIXES = frozenset(
     ".png .jpg .jpeg .webp .bmp .gif .tif .tiff .txt .json .yaml .yml .csv .md .pdf .zip .safetensors .pt "
     ".pth .ckpt .bin .py".split()
 )
-# Small files decode quickly and are checked after decoding; big ones are probed first (one more ffprobe run).
+# Small files decode quickly and are checked after decoding; big ones have their header duration read first.
 _PROBE_ABOVE_BYTES = 8 * 1024 * 1024
 AUDIO_FIX = "use a speech recording in wav, mp3, flac, m4a or ogg (or a video file with an audio track)"
 
 
 def check_file_before_decoding(path: Path, max_duration_s: float | None) -> None:
-    """Cheap checks before ffmpeg runs: missing, empty, obviously not audio, far too long."""
+    """Cheap checks before decoding: missing, empty, obviously not audio, far too long."""
     if not path.is_file():
         raise BadAudioError(
             problem=f"The audio file {path} does not exist",
@@ -53,30 +52,21 @@ def check_file_before_decoding(path: Path, max_duration_s: float | None) -> None
             fix=AUDIO_FIX,
         )
     if max_duration_s is not None and path.stat().st_size > _PROBE_ABOVE_BYTES:
-        probed = _probe_duration(path)
+        from .audio_decode import probe_duration  # late: audio_decode builds its errors with this module
+
+        probed = probe_duration(path)
         if probed is not None and probed > max_duration_s:
             raise too_long(probed, max_duration_s, path.name)
 
 
-def _probe_duration(path: Path) -> float | None:
-    """Duration from ffprobe's container header, so a 3-hour file is refused before it is decoded."""
-    from pydub.utils import mediainfo
-
-    try:
-        value = mediainfo(str(path)).get("duration")
-        return float(value) if value not in (None, "", "N/A") else None
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return None
-
-
 def decode_failure(path: Path, detail: str) -> BadAudioError:
-    """The error for a file ffmpeg cannot read, with ffmpeg's most useful line."""
+    """The error for a file FFmpeg (inside PyAV) cannot read, with its most useful line."""
     lines = [line.strip() for line in detail.splitlines() if line.strip()]
     useful = [line for line in lines if "error" in line.lower() or "invalid" in line.lower()]
     summary = (useful or lines or ["no details"])[-1].replace(str(path), path.name)[:200]
     return BadAudioError(
         problem=f"Could not decode the audio file {path.name}: it is corrupt or not in an audio format "
-        f"ffmpeg reads (ffmpeg: {summary})",
+        f"FFmpeg reads (FFmpeg: {summary})",
         expected="a complete, playable audio file",
         fix=f"check that the file plays in a media player, re-export it, or {AUDIO_FIX}",
     )
@@ -140,32 +130,7 @@ def check_playable(waveform_16k: np.ndarray, source: str, notes: list[str] | Non
         logger.warning(notes[-1])
 
 
-_WAVE_FORMAT_IEEE_FLOAT = 3
-_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 _HEADER_BYTES = 65536
-
-
-def wav_holds_float_samples(path: Path) -> bool:
-    """True for a RIFF/WAVE file whose samples are IEEE floats (plain or WAVE_FORMAT_EXTENSIBLE header)."""
-    try:
-        with path.open("rb") as handle:
-            header = handle.read(_HEADER_BYTES)
-    except OSError:
-        return False
-    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
-        return False
-    position = 12
-    while position + 8 <= len(header):
-        chunk_id = header[position : position + 4]
-        size = struct.unpack_from("<I", header, position + 4)[0]
-        body = position + 8
-        if chunk_id == b"fmt " and body + 2 <= len(header):
-            tag = struct.unpack_from("<H", header, body)[0]
-            if tag == _WAVE_FORMAT_EXTENSIBLE and size >= 26 and body + 26 <= len(header):
-                tag = struct.unpack_from("<H", header, body + 24)[0]  # first two bytes of the sub-format GUID
-            return tag == _WAVE_FORMAT_IEEE_FLOAT
-        position = body + size + (size & 1)
-    return False
 
 
 def _read_header(path: Path) -> tuple[bytes, int] | None:
@@ -180,8 +145,9 @@ def _read_header(path: Path) -> tuple[bytes, int] | None:
 
 def wav_truncation_note(path: Path, decoded_frames: int, rate: int) -> str | None:
     """A note when a RIFF/WAVE file's data chunk promises more bytes than the file holds (a cut-off copy or
-    recording): ffmpeg and pydub then decode what is there without a word, so the video would silently be
-    shorter than the user expects. None for complete files, streamed wavs (size 0 or 0xFFFFFFFF) and non-wavs."""
+    recording): FFmpeg decodes what is there without a word, and for integer PCM it even reports the shortened
+    duration, so only the header tells; otherwise the video would silently be shorter than the user expects.
+    None for complete files, streamed wavs (size 0 or 0xFFFFFFFF) and non-wavs."""
     read = _read_header(path)
     if read is None:
         return None
@@ -209,55 +175,5 @@ def wav_truncation_note(path: Path, decoded_frames: int, rate: int) -> str | Non
             )
             logger.warning(note)
             return note
-        position = body + size + (size & 1)
-    return None
-
-
-_SCAN_SAMPLES = 1 << 20  # non-finite values are counted in slices of this many samples, from a memory map
-
-
-def check_float_wav_finite(path: Path) -> None:
-    """Refuse NaN or infinite samples in a float wav: ffmpeg turns them into silence or full-scale clicks when
-    it converts to integers, so they must be found in the file itself, before decoding."""
-    layout = _float_wav_layout(path)
-    if layout is None:
-        return
-    offset, count, dtype = layout
-    if count == 0:
-        return
-    samples = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))
-    try:
-        bad = sum(int(np.count_nonzero(~np.isfinite(samples[start : start + _SCAN_SAMPLES])))
-                  for start in range(0, count, _SCAN_SAMPLES))
-    finally:
-        del samples  # closes the map
-    if bad:
-        raise BadAudioError(
-            problem=f"The audio file {path.name} contains {bad} NaN or infinite sample values out of {count}",
-            expected="finite sample values between -1 and 1",
-            fix="the audio was corrupted by the program that exported it; re-export it (e.g. as 16-bit wav)",
-        )
-
-
-def _float_wav_layout(path: Path) -> tuple[int, int, str] | None:
-    """(data offset, sample count, numpy dtype) of a 32/64-bit float wav, or None when it is not one."""
-    read = _read_header(path)
-    if read is None:
-        return None
-    header, file_size = read
-    bits = None
-    position = 12
-    while position + 8 <= len(header):
-        chunk_id = header[position : position + 4]
-        size = struct.unpack_from("<I", header, position + 4)[0]
-        body = position + 8
-        if chunk_id == b"fmt " and body + 16 <= len(header):
-            bits = struct.unpack_from("<H", header, body + 14)[0]
-        elif chunk_id == b"data" and bits in (32, 64):
-            width = bits // 8
-            # Streamed wavs write 0 or 0xFFFFFFFF as the data size: the data then runs to the end of the file.
-            available = file_size - body
-            length = available if size in (0, 0xFFFFFFFF) else min(size, available)
-            return body, max(0, length) // width, "<f4" if bits == 32 else "<f8"
         position = body + size + (size & 1)
     return None

@@ -8,7 +8,6 @@ the audio at its own quality.
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from math import gcd
@@ -18,23 +17,20 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from .audio_checks import (
-    AUDIO_FIX,
     DEFAULT_MAX_DURATION_S,
     MIN_AUDIO_S,
     TARGET_SAMPLE_RATE,
     check_decoded,
     check_file_before_decoding,
-    check_float_wav_finite,
     check_playable,
-    decode_failure,
-    wav_holds_float_samples,
     wav_truncation_note,
 )
+from .audio_decode import decode_file
 from .errors import BadAudioError, BadInputError
 
 logger = logging.getLogger(__name__)
 
-# 5.1 in the WAV/ffmpeg channel order FL FR FC LFE BL BR: centre and surrounds at -3 dB, LFE dropped.
+# 5.1 in the WAV/FFmpeg channel order FL FR FC LFE BL BR: centre and surrounds at -3 dB, LFE dropped.
 _SURROUND_GAIN = 0.7071
 _FIVE_ONE_TO_STEREO = (
     (1.0, 0.0, _SURROUND_GAIN, 0.0, _SURROUND_GAIN, 0.0),
@@ -66,45 +62,11 @@ class LoadedAudio:
 
 
 def load_audio_file(path: Path, *, max_duration_s: float | None = DEFAULT_MAX_DURATION_S) -> LoadedAudio:
-    """Decode any file ffmpeg reads (mp3, wav, flac, m4a, ogg, ...) through pydub."""
-    from pydub import AudioSegment
-    from pydub.exceptions import CouldntDecodeError
-
+    """Decode any file FFmpeg reads (mp3, wav, flac, m4a, ogg, a video's sound ...) through PyAV."""
     path = Path(path)
     check_file_before_decoding(path, max_duration_s)
-    float_wav = wav_holds_float_samples(path)
-    if float_wav:
-        check_float_wav_finite(path)  # ffmpeg would turn NaN/Inf into silence or clicks without a word
-    try:
-        if float_wav:
-            # pydub's own wav reader takes float samples in an extensible header for integers (noise);
-            # an unnamed file object makes it hand the file to ffmpeg, which converts them properly.
-            with path.open("rb") as handle:
-                segment = AudioSegment.from_file(handle)
-        else:
-            segment = AudioSegment.from_file(str(path))
-    except CouldntDecodeError as exc:
-        raise decode_failure(path, str(exc)) from exc
-    except IndexError as exc:
-        # pydub indexes ffprobe's list of audio streams: a file without one (a silent video) fails here.
-        raise BadAudioError(
-            problem=f"{path.name} has no audio track",
-            expected="a file with an audio stream",
-            fix=f"add a voice track to it, or {AUDIO_FIX}",
-        ) from exc
-    except (KeyError, ValueError, EOFError) as exc:
-        raise decode_failure(path, f"unreadable stream information ({type(exc).__name__})") from exc
-    except subprocess.SubprocessError as exc:
-        raise decode_failure(path, str(exc)) from exc
-    except FileNotFoundError as exc:
-        raise BadAudioError(
-            problem=f"Could not run ffmpeg to decode {path.name} ({exc})",
-            expected="ffmpeg and ffprobe on the PATH",
-            fix="install ffmpeg (e.g. `apt install ffmpeg`, `brew install ffmpeg`, or add ffmpeg.exe to PATH)",
-        ) from exc
-    samples = _segment_to_array(segment)
-    rate = int(segment.frame_rate)
-    truncated = wav_truncation_note(path, samples.shape[-1], rate)
+    samples, rate = decode_file(path)
+    truncated = wav_truncation_note(path, samples.shape[-1], rate) if rate > 0 else None
     return _build(samples, rate, f"file {path.name}", (truncated,) if truncated else (), max_duration_s)
 
 
@@ -193,28 +155,6 @@ def _fit_length(channels_first: np.ndarray, length: int) -> np.ndarray:
         return np.ascontiguousarray(channels_first[:, :length])
     padding = np.zeros((channels_first.shape[0], length - current), dtype=np.float32)
     return np.concatenate([channels_first, padding], axis=1)
-
-
-def _segment_to_array(segment: object) -> np.ndarray:
-    """pydub raw data (signed little-endian ints, 24-bit already widened to 32) -> float32 (C, T)."""
-    width = int(segment.sample_width)  # type: ignore[attr-defined]
-    # 64-bit: pydub asks ffmpeg for pcm_s64le when the source holds doubles.
-    dtypes = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
-    if width not in dtypes:
-        raise BadAudioError(
-            problem=f"The decoded audio has an unsupported sample width of {width} bytes",
-            expected="8, 16, 24, 32 or 64-bit samples",
-            fix="convert the file to 16-bit wav (e.g. `ffmpeg -i in -c:a pcm_s16le out.wav`)",
-        )
-    ints = np.frombuffer(segment.raw_data, dtype=dtypes[width])  # type: ignore[attr-defined]
-    channels = int(segment.channels)  # type: ignore[attr-defined]
-    frames = ints.shape[0] // channels
-    scale = float(2 ** (8 * width - 1))
-    interleaved = ints[: frames * channels].reshape(frames, channels).T
-    # float32 throughout: a 10-minute 48 kHz stereo file stays at 230 MB, and 24 bits of precision is plenty.
-    samples = interleaved.astype(np.float32)
-    samples *= np.float32(1.0 / scale)
-    return samples
 
 
 def _build(

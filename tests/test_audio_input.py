@@ -1,4 +1,4 @@
-"""Audio input: real espeak-ng speech through pydub/ffmpeg in many formats, rates and channel counts."""
+"""Audio input: real espeak-ng speech through PyAV in many formats, rates and channel counts (ffmpeg makes them)."""
 
 from __future__ import annotations
 
@@ -256,7 +256,7 @@ def _cut_in_half(source: Path, target: Path) -> tuple[float, float]:
 
 @pytest.mark.parametrize("codec", [None, "pcm_f32le"])
 def test_truncated_wav_is_used_and_reported(speech: Path, tmp_path: Path, codec: str | None) -> None:
-    # int16 goes through pydub's reader, float32 through ffmpeg: both decode what is there without a word.
+    # FFmpeg decodes what is there without a word (and reports the shortened length for int16): the header tells.
     source = speech if codec is None else _ffmpeg(speech, tmp_path / "float.wav", "-c:a", codec)
     assert load_audio_file(source).notes == ()
     promised, left = _cut_in_half(source, tmp_path / "cut.wav")
