@@ -30,6 +30,7 @@ from ..sonic_guard.memory.room import (
     stage_activation_bytes,
     stage_room_bytes,
 )
+from ..sonic_guard.models.checkpoint_paths import SINGLE_FILE_SUFFIXES
 from ..sonic_guard.models.weight_streaming import stream_weights
 from ..sonic_guard.paths import resolve_user_path
 
@@ -64,6 +65,30 @@ def list_model_roots() -> list[str]:
                 if child.is_dir() and (child / ROOT_MARKER).exists():
                     names.append(child.name)
     return sorted(dict.fromkeys(names)) or ["(no Sonic models found)"]
+
+
+FROM_MODEL_FOLDER = "from the model folder"
+
+
+def svd_checkpoint_options() -> list[str]:
+    """The loader's SVD source: the model folder's diffusers SVD, or a file of models/checkpoints (svd_xt first)."""
+    names = folder_paths.get_filename_list("checkpoints")
+    svd_first = sorted(names, key=lambda name: ("svd" not in name.lower(), name.lower()))
+    return [FROM_MODEL_FOLDER, *(n for n in svd_first if n.lower().endswith(SINGLE_FILE_SUFFIXES))]
+
+
+def resolve_svd_checkpoint(name: str) -> Path | None:
+    """None for the model folder's own SVD; else the checkpoint's path (ComfyUI resolves it inside its folders)."""
+    if name == FROM_MODEL_FOLDER:
+        return None
+    path = folder_paths.get_full_path("checkpoints", name)
+    if path is None:
+        raise CheckpointError(
+            problem=f"the SVD checkpoint '{name}' is not in models/checkpoints",
+            expected="svd_xt.safetensors or svd_xt_1_1.safetensors in ComfyUI's checkpoints folder",
+            fix=f"put the file there and press R in the editor, or choose '{FROM_MODEL_FOLDER}'",
+        )
+    return Path(path)
 
 
 def resolve_model_root(name: str) -> Path:

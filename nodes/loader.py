@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from comfy_api.latest import io
 
 from ..sonic_guard.memory.preflight import PRECISIONS, plan_dtype
+from ..sonic_guard.models.checkpoint_paths import ModelPaths
 from ..sonic_guard.models.checkpoints import load_sonic_models
 from . import comfy_bridge as comfy
 from . import ids
@@ -37,18 +39,26 @@ class ModelLoader(io.ComfyNode):
                                tooltip="UNet, VAE and CLIP precision. auto: fp16 on a GPU, fp32 on the CPU."),
                 io.Boolean.Input("load_rife", default=True,
                                  tooltip="Load RIFE/flownet.pkl for 25 fps output (if present)."),
+                io.Combo.Input("svd_checkpoint", options=comfy.svd_checkpoint_options(),
+                               default=comfy.FROM_MODEL_FOLDER, optional=True,
+                               tooltip="Where the SVD VAE and image encoder come from: the model folder's "
+                               "stable-video-diffusion-img2vid-xt/, or the svd_xt.safetensors you already have "
+                               "in models/checkpoints for the core SVD workflows (its UNet is not read)."),
             ],
             outputs=[SonicModelType.Output("sonic_model", display_name="sonic_model",
                                            tooltip="The loaded Sonic model set.")],
         )
 
     @classmethod
-    def execute(cls, model_folder: str, precision: str, load_rife: bool) -> io.NodeOutput:
+    def execute(cls, model_folder: str, precision: str, load_rife: bool,
+                svd_checkpoint: str = comfy.FROM_MODEL_FOLDER) -> io.NodeOutput:
         root = comfy.resolve_model_root(model_folder)
+        svd_file = comfy.resolve_svd_checkpoint(svd_checkpoint)
+        paths = ModelPaths.from_root(root) if svd_file is None else replace(ModelPaths.from_root(root), svd=svd_file)
         device = comfy.compute_device()
         dtype = plan_dtype(precision, device.type)
         # UNet, VAE and CLIP load in the chosen precision; the audio adapters, whisper and RIFE stay fp32.
-        models = load_sonic_models(root, with_rife=load_rife, dtype=dtype)
+        models = load_sonic_models(paths, with_rife=load_rife, dtype=dtype)
         notes = []
         if load_rife and models.rife is None:
             notes.append("RIFE/flownet.pkl not found: no RIFE interpolation (see the generator's rife_fallback)")

@@ -19,7 +19,8 @@ from comfy_host import ComfyServer, execution_error
 from hardening_cases import Case, quick_prompt
 
 OUR_ERRORS = ("SonicGuardError", "BadInputError", "BadAudioError", "BadImageError", "NoFaceError",
-              "UnsafePathError", "CheckpointError", "MemoryPlanError", "OutOfMemoryAfterRetriesError")
+              "UnsafePathError", "CheckpointError", "MemoryPlanError", "OutOfMemoryAfterRetriesError",
+              "DiskFullError")
 
 
 # --- running and judging -------------------------------------------------------------------------------------

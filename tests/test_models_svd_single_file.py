@@ -111,7 +111,8 @@ def folder_outputs(both_layouts, inputs) -> dict[str, torch.Tensor]:
 
 def test_single_file_equals_the_diffusers_folder(both_layouts, inputs, folder_outputs) -> None:
     _, single = both_layouts
-    vae, clip = load_vae_and_clip_from_single_file(single, torch.float32)
+    # The loader's own entry point: a .safetensors where the SVD folder would be is read as the single file.
+    vae, clip = load_vae_and_clip(single, single.parent, torch.float32)
     assert next(vae.parameters()).dtype == torch.float32 and next(clip.parameters()).dtype == torch.float32
     ours = _outputs(vae, clip, inputs[0])
     del vae, clip
@@ -133,6 +134,20 @@ def test_comfyui_reads_the_same_file_to_the_same_numbers(both_layouts, inputs, f
     for name, reference in folder_outputs.items():
         assert comfy[name].shape == reference.shape, name
         assert relative_error(comfy[name], reference) <= BOUND, (name, relative_error(comfy[name], reference))
+
+
+def test_the_presence_report_names_the_single_file(both_layouts, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from sonic_guard.models.checkpoint_paths import ModelPaths, inspect_model_files
+
+    _, single = both_layouts
+    report = inspect_model_files(replace(ModelPaths.from_root(tmp_path), svd=single))
+    names = {entry.name: entry for entry in report.files}
+    assert names["svd_checkpoint"].status == "ok" and "vae" not in names and "image_encoder" not in names
+    missing = inspect_model_files(replace(ModelPaths.from_root(tmp_path), svd=tmp_path / "svd_xt.safetensors"))
+    entry = next(e for e in missing.files if e.name == "svd_checkpoint")
+    assert entry.status == "missing" and "models/checkpoints" in entry.hint
 
 
 def test_a_checkpoint_without_svd_parts_is_refused_clearly(tmp_path: Path) -> None:

@@ -8,8 +8,11 @@ from pathlib import Path
 SONIC_HF = "huggingface-cli download LeonJoe13/Sonic --local-dir <root>  (gives Sonic/, RIFE/, yoloface_v5m.pt)"
 SVD_HF = ("huggingface-cli download stabilityai/stable-video-diffusion-img2vid-xt "
           "--local-dir <root>/stable-video-diffusion-img2vid-xt")
+SVD_CHECKPOINT_HINT = ("put svd_xt.safetensors (the core SVD workflows' checkpoint) in ComfyUI/models/checkpoints, "
+                       "or choose 'from the model folder' and download " + SVD_HF)
 WHISPER_HF = "huggingface-cli download openai/whisper-tiny --local-dir <root>/whisper-tiny"
 
+SINGLE_FILE_SUFFIXES = (".safetensors", ".sft")  # ComfyUI's checkpoint files (an SVD checkpoint is one of them)
 # Official byte sizes (spec section 2.2); a different size is reported, not refused (tiny test models differ).
 OFFICIAL_SIZES: dict[str, int] = {
     "unet": 6_303_636_358,
@@ -50,6 +53,12 @@ class ModelPaths:
             root=base,
         )
 
+    @property
+    def svd_is_single_file(self) -> bool:
+        """`svd` names ComfyUI's single-file SVD checkpoint (models/checkpoints/svd_xt.safetensors) rather than
+        the diffusers folder: VAE and CLIP vision come from it (models/svd_single_file.py)."""
+        return self.svd.suffix.lower() in SINGLE_FILE_SUFFIXES
+
     def searched(self, path: Path) -> Path:
         """The folder to name in messages: the root when known, else the file's own folder."""
         return self.root if self.root is not None else path.parent
@@ -65,6 +74,8 @@ def download_hint(kind: str) -> str:
         return SVD_HF
     if kind == "whisper":
         return WHISPER_HF
+    if kind == "svd_checkpoint":
+        return SVD_CHECKPOINT_HINT
     return SONIC_HF
 
 
@@ -122,14 +133,20 @@ def inspect_model_files(source: Path | str | ModelPaths) -> ModelFilesReport:
     root = paths.root
     yolo = paths.yoloface if paths.yoloface is not None or root is None else root / "yoloface_v5m.pt"
     rife = paths.rife if paths.rife is not None or root is None else root / "RIFE" / "flownet.pkl"
+    if paths.svd_is_single_file:  # the UNet and scheduler configs are then the built-in SVD-xt values
+        svd_entries: tuple[FileStatus, ...] = (_file_status("svd_checkpoint", paths.svd, True),)
+    else:
+        svd_entries = (
+            _file_status("unet_config", paths.svd / "unet" / "config.json", False),
+            _file_status("vae", paths.svd / "vae", True, is_dir=True),
+            _file_status("image_encoder", paths.svd / "image_encoder", True, is_dir=True),
+            _file_status("scheduler", paths.svd / "scheduler", False, is_dir=True),
+        )
     entries = (
         _file_status("unet", paths.unet, True),
         _file_status("audio2token", paths.audio2token, True),
         _file_status("audio2bucket", paths.audio2bucket, True),
-        _file_status("unet_config", paths.svd / "unet" / "config.json", False),
-        _file_status("vae", paths.svd / "vae", True, is_dir=True),
-        _file_status("image_encoder", paths.svd / "image_encoder", True, is_dir=True),
-        _file_status("scheduler", paths.svd / "scheduler", False, is_dir=True),
+        *svd_entries,
         _file_status("whisper", paths.whisper, True, is_dir=True),
         _file_status("rife", rife, False),
         _file_status("yoloface", yolo, False),

@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..memory.model_specs import CLIP_VIT_H14_CONFIG
 from .audio_adapters import AudioTokenProjector, MotionBucketPredictor
-from .checkpoint_paths import ModelPaths, as_model_paths, download_hint, inspect_model_files
+from .checkpoint_paths import SINGLE_FILE_SUFFIXES, ModelPaths, as_model_paths, download_hint, inspect_model_files
 from .rife import IFNet, strip_module_prefix
 from .state_dicts import LOAD_ERRORS, check_state_dict, expected_shapes, load_checked, read_state_dict
+from .svd_single_file import load_vae_and_clip_from_single_file
 from .unet import SVD_XT_UNET_CONFIG, SonicUNet, build_sonic_unet
 
 logger = logging.getLogger(__name__)
@@ -149,6 +151,8 @@ def load_vae_and_clip(svd: Path, searched: Path, dtype: torch.dtype = torch.floa
     from diffusers import AutoencoderKLTemporalDecoder
     from transformers import CLIPVisionModelWithProjection
 
+    if svd.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        return load_vae_and_clip_from_single_file(svd, dtype)
     _require_dir(svd, "stable-video-diffusion-img2vid-xt", searched, "svd")
     vae_dir, clip_dir = svd / "vae", svd / "image_encoder"
     _require_dir(vae_dir, "SVD VAE", searched, "vae")
@@ -201,6 +205,8 @@ def _small_configs(paths: ModelPaths) -> tuple[Any, Any]:
         whisper = WhisperConfig.from_pretrained(paths.whisper, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise _hf_error("whisper-tiny config", paths.whisper, paths.searched(paths.whisper), exc, "whisper") from exc
+    if paths.svd_is_single_file:  # the single file holds no configs: SVD-xt's image encoder is ViT-H/14
+        return whisper, CLIPVisionConfig(**CLIP_VIT_H14_CONFIG)
     clip_dir = paths.svd / "image_encoder"
     try:
         clip = CLIPVisionConfig.from_pretrained(clip_dir, local_files_only=True)

@@ -22,11 +22,11 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..memory.model_specs import CLIP_VIT_H14_CONFIG, SVD_XT_VAE_CONFIG
+from .checkpoint_paths import SINGLE_FILE_SUFFIXES
 
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "conditioner.embedders.0.open_clip.model.visual."
 UNET_PREFIX = "model.diffusion_model."
-SINGLE_FILE_SUFFIXES = (".safetensors", ".sft")
 _QKV = ("q_proj", "k_proj", "v_proj")
 
 
