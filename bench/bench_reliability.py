@@ -1,5 +1,5 @@
-"""Reliability bench through a real ComfyUI server: every bad input of tests/hardening_cases.py, then a soak of
-two soaks of consecutive small runs, with the server's RSS, threads, open files, live tensors and temp files
+"""Reliability bench through a real ComfyUI server: every bad input of tests/hardening_cases.py, a cancel and a
+load check, kill -9 resume and disk full, the official example inputs, then two soaks of consecutive small runs, with the server's RSS, threads, open files, live tensors and temp files
 before and after.
 
     python bench/bench_reliability.py --soak-runs 200 --soak-budget-s 1200
@@ -253,6 +253,15 @@ def crash_and_disk_full(work: Path) -> dict:
     }
 
 
+def real_inputs(base: Path) -> dict:
+    """The official example pictures and speech/singing (bench_real_inputs.py has the per-file table)."""
+    from bench_real_inputs import measure_real_inputs
+
+    measured = measure_real_inputs(base)
+    return {"real_inputs_tried": measured["real_inputs_tried"], "real_inputs_handled": measured["real_inputs_handled"],
+            "real_inputs_not_handled": [row["input"] for row in measured["inputs"] if not row["handled"]]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--soak-runs", type=int, default=200, help="runs per soak")
@@ -264,6 +273,8 @@ def main() -> None:
     parser.add_argument("--skip-cancel-load", action="store_true")
     parser.add_argument("--skip-crash-disk", action="store_true",
                         help="skip the kill -9 resume and disk-full scenarios (they need root to mount a tmpfs)")
+    parser.add_argument("--skip-real-inputs", action="store_true",
+                        help="skip the official example inputs (bench/bench_real_inputs.py, its own server)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "reliability.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -284,6 +295,8 @@ def main() -> None:
                 result.update(cancel_and_load(server))
             if not args.skip_crash_disk:
                 result.update(crash_and_disk_full(Path(work)))
+            if not args.skip_real_inputs:
+                result.update(real_inputs(Path(work) / "examples"))
             for name in args.soaks:
                 key = "soak_" + name.replace("-", "_")
                 result[key] = soak(server, args.soak_runs, args.soak_budget_s, clear_history=name == "history-cleared")

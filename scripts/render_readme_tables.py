@@ -247,6 +247,22 @@ def render_reliability(data: dict[str, Any]) -> list[str]:
             f"{', '.join(map(str, data['load_statuses']))}; median {data['load_p50_s']} s, slowest "
             f"{data['load_max_s']} s). The generation {'succeeded' if data['load_run_succeeded'] else '**failed**'} "
             f"in {data['load_run_s']} s ({data['same_run_without_load_s']} s alone)."))
+    if "crash_resume_ok" in data:
+        crash, disk = data["crash_resume"], data["disk_full"]
+        yes = {True: "yes", False: "**no**"}
+        rows.append((
+            "`kill -9` of the server mid segmented job, restart, same prompt; one finished segment damaged on disk",
+            f"finished segments reused: {yes[data['crash_resume_ok']]}; damaged segment detected by its sha256 and "
+            f"redone: {yes[data['corrupt_segment_redone']]}; result {crash['frames']} frames at {crash['fps']} fps "
+            f"with {crash['audio_s']} s of audio; files left over: {len(crash['leftovers'])} ({crash['seconds']} s)."))
+        rows.append((
+            f"Disk full while encoding ({disk['disk']})",
+            f"handled: {yes[data['disk_full_ok']]} (our `DiskFullError`, {len(disk['left_after_failure'])} files "
+            f"left, next run {disk['next_run_frames']} frames)."))
+    if "real_inputs_tried" in data:
+        rows.append(("The official example pictures and speech/singing (table below)",
+                     f"**{data['real_inputs_handled']} / {data['real_inputs_tried']} handled** (ran, or refused with "
+                     "our error)."))
     server = data["server"]
     lines = table(rows, header=("Check", "Result"))
     lines += ["", f"Server: ComfyUI {server['comfyui_version']} {' '.join(server['flags'])}, OMP_NUM_THREADS="
