@@ -1,6 +1,6 @@
 """Reliability bench through a real ComfyUI server: every bad input of tests/hardening_cases.py, a cancel and a
-load check, kill -9 resume and disk full, the official example inputs, then two soaks of consecutive small runs, with the server's RSS, threads, open files, live tensors and temp files
-before and after.
+load check, kill -9 resume and disk full, the official example inputs, then two soaks of consecutive small runs,
+with the server's RSS, threads, open files, live tensors and temp files before and after.
 
     python bench/bench_reliability.py --soak-runs 200 --soak-budget-s 1200
 
