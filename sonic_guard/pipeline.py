@@ -30,8 +30,10 @@ from .interpolate import Midpoint, choose_mode, frames_for_duration, interpolate
 from .lipsync import MouthMotionMeter, measure_av_offset, mouth_box_from_face
 from .memory.plan import ExecutionPlan
 from .models.checkpoints import SonicModelSet
+from .multi_device.launcher import DEFAULT_TIMEOUT_S, default_threads_per_rank, sample_on_devices
+from .multi_device.payload import RankJob
 from .runtime import DevicePlacer, ModelPlacer, RunHooks, StageSwitcher, staged
-from .sampler import sample_latents
+from .sampler import WindowExchange, sample_latents
 from .segments import stitch_videos
 from .settings import GenerationSettings
 from .smoothing import smooth_motion
@@ -175,8 +177,20 @@ def sample_clip(
     models: SonicModelSet, conditioning: ClipConditioning, settings: GenerationSettings, plan: ExecutionPlan,
     placer: ModelPlacer, device: torch.device, hooks: RunHooks, *, seed: int,
     on_window: Callable[[int, int], None], anchor_latents: torch.Tensor | None = None,
+    exchange: WindowExchange | None = None,
 ) -> torch.Tensor:
-    """Stage sampling: the denoised latents [N, 4, h, w] of the conditioning's frames, on the CPU."""
+    """Stage sampling: the denoised latents [N, 4, h, w] of the conditioning's frames, on the CPU.
+
+    With `settings.devices`, worker processes sample instead (`multi_device`); `exchange` is how such a
+    worker's sampler shares its windows.
+    """
+    if settings.devices and exchange is None:
+        with hooks.observer.stage("sampling"):
+            return sample_on_devices(RankJob(
+                model_paths=models.paths, conditioning=conditioning, settings=settings, plan=plan, seed=seed,
+                anchor_latents=anchor_latents, devices=settings.device_list,
+                threads_per_rank=default_threads_per_rank(len(settings.device_list)), timeout_s=DEFAULT_TIMEOUT_S,
+            ), on_window)
     with hooks.observer.stage("sampling"), placer.place("unet", models.unet), placer.place(
         "audio_token_projector", models.audio_token_projector
     ):
@@ -188,7 +202,7 @@ def sample_clip(
         )
         return sample_latents(
             conditioning.reference_latent.cpu().float(), conditioning.num_frames, plan.inference_steps, denoise,
-            seed=seed, on_window=on_window, anchor_latents=anchor_latents,
+            seed=seed, on_window=on_window, anchor_latents=anchor_latents, exchange=exchange,
         )
 
 

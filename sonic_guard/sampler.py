@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import torch
 
@@ -28,6 +29,22 @@ VAE_SCALING_FACTOR = 0.18215
 # (latents after scale_model_input [F, 4, h, w], sigma, frame indices) -> guided v-prediction [F, 4, h, w]
 DenoiseWindow = Callable[[torch.Tensor, float, list[int]], torch.Tensor]
 WindowCallback = Callable[[int, int], None]
+
+
+class WindowExchange(Protocol):
+    """Ranks of one run that split each step's windows round-robin (see `sonic_guard.distributed`).
+
+    `gather(mine)` is collective: every rank passes its window's stepped latents (all windows have the same
+    shape) and gets every rank's, in rank order, on the CPU in float32.
+    """
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def world_size(self) -> int: ...
+
+    def gather(self, mine: torch.Tensor) -> list[torch.Tensor]: ...
 
 
 def karras_sigmas(
@@ -120,13 +137,16 @@ def sample_latents(
     shift_offset: int = 7,
     on_window: WindowCallback | None = None,
     anchor_latents: torch.Tensor | None = None,
+    exchange: WindowExchange | None = None,
 ) -> torch.Tensor:
     """Denoise a whole clip: float32 latents [num_frames, 4, h, w] on the CPU, still x0.18215 scaled.
 
     `denoise_window(x, sigma, indices)` gets the window's latents after `scale_model_input` and returns the
     guided v-prediction. `on_window(done, total)` runs after every window (progress, cancellation); whatever
     it raises propagates. `anchor_latents` [k, 4, h, w] (k < num_frames) holds the first k frames fixed (see
-    the module docstring); the returned first k frames equal it.
+    the module docstring); the returned first k frames equal it. With `exchange`, this rank denoises only the
+    windows it owns (window i belongs to rank i mod world_size) and every rank gets every window's result; each
+    rank then sums them in the single-process order, so all ranks return the single-process latents bit for bit.
     """
     if reference_latent.dim() != 3:
         raise ValueError(f"reference_latent must be [4, h, w], got {tuple(reference_latent.shape)}")
@@ -151,11 +171,9 @@ def sample_latents(
             latents[: len(anchor)] = anchor + sigma * anchor_noise
         summed = torch.zeros_like(latents)
         counts = torch.zeros(num_frames, dtype=torch.float32)
-        for indices in window_index_lists(num_frames, window, shift):
+        lists = window_index_lists(num_frames, window, shift)
+        for indices, stepped in _stepped_windows(latents, lists, sigma, sigma_next, denoise_window, exchange):
             index = torch.tensor(indices, dtype=torch.long)
-            current = latents[index]
-            v_prediction = denoise_window(scale_model_input(current, sigma), sigma, indices)
-            stepped = euler_step(current, v_prediction.to("cpu", torch.float32), sigma, sigma_next)
             # the reference adds frame by frame, so a frame repeated inside a window (clips shorter than a
             # window) is summed and counted every time; index_add_ does that, indexed += would keep one copy
             summed.index_add_(0, index, stepped)
@@ -168,6 +186,37 @@ def sample_latents(
     if anchor is not None:
         latents[: len(anchor)] = anchor  # the last sigma is 0: the anchored frames end exactly on the anchor
     return latents
+
+
+def _stepped_window(
+    latents: torch.Tensor, indices: list[int], sigma: float, sigma_next: float, denoise_window: DenoiseWindow
+) -> torch.Tensor:
+    current = latents[torch.tensor(indices, dtype=torch.long)]
+    v_prediction = denoise_window(scale_model_input(current, sigma), sigma, indices)
+    return euler_step(current, v_prediction.to("cpu", torch.float32), sigma, sigma_next)
+
+
+def _stepped_windows(
+    latents: torch.Tensor, lists: list[list[int]], sigma: float, sigma_next: float,
+    denoise_window: DenoiseWindow, exchange: WindowExchange | None,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """(indices, stepped latents) of every window of one step, in window order.
+
+    Lazy, so a single process still denoises, accumulates and reports one window at a time. With an exchange,
+    windows go in rounds of world_size: each rank steps its own window of the round, then all gather.
+    """
+    if exchange is None:
+        for indices in lists:
+            yield indices, _stepped_window(latents, indices, sigma, sigma_next, denoise_window)
+        return
+    world, rank = exchange.world_size, exchange.rank
+    for start in range(0, len(lists), world):
+        batch = lists[start : start + world]
+        if rank < len(batch):
+            mine = _stepped_window(latents, batch[rank], sigma, sigma_next, denoise_window)
+        else:  # the last round has fewer windows than ranks: idle ranks still take part in the collective
+            mine = latents.new_zeros((len(batch[0]), *latents.shape[1:]))
+        yield from zip(batch, exchange.gather(mine)[: len(batch)])
 
 
 def _checked_anchor(

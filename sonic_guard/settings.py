@@ -8,6 +8,7 @@ from typing import Any
 
 from .errors import BadInputError
 from .image_prep import MIN_RESOLUTION_RANGE
+from .multi_device.devices import parse_devices
 
 INTERPOLATION_MODES = ("rife", "blend", "none")
 STEPS_RANGE = (1, 100)
@@ -22,6 +23,8 @@ class GenerationSettings:
       motion, so 0.5 calms the head while lips keep their full expression; 1.0 is the official behaviour.
     - `smooth_motion` 0..1: strength of a 3-frame temporal filter on the output frames (0 = off).
     - `lip_sync_correction`: measure the audio-video offset of the finished video and shift the audio to cancel it.
+    - `devices` is ours: "cuda:0,cuda:1" (or "cpu,cpu") samples one video with one worker process per device,
+      each step's windows split between them (`multi_device`); "" = the one device of the run.
     """
 
     duration: float = 0.0  # 0 = the whole audio
@@ -37,8 +40,10 @@ class GenerationSettings:
     interpolation: str = "rife"
     interpolation_fallback: str = "none"
     ip_audio_scale: float = 1.0
+    devices: str = ""
 
     def __post_init__(self) -> None:
+        parse_devices(self.devices)
         _check_range("min_resolution", self.min_resolution, *MIN_RESOLUTION_RANGE, "short side of the video in px")
         if self.min_resolution % 64:
             raise BadInputError(
@@ -64,7 +69,16 @@ class GenerationSettings:
                 )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        # left out when unset, so single-device reports and segment fingerprints stay as they were
+        if not self.devices:
+            del data["devices"]
+        return data
+
+    @property
+    def device_list(self) -> tuple[str, ...]:
+        """The parsed `devices` (() = one device)."""
+        return parse_devices(self.devices)
 
 
 def _check_range(name: str, value: float, low: float, high: float, meaning: str) -> None:
