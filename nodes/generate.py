@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..sonic_guard.memory.planner import POLICIES
 from ..sonic_guard.memory.presets import PRESET_CHOICES

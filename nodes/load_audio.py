@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..sonic_guard.audio_input import AUDIO_NOTES_KEY, load_audio_file
 from . import ids

@@ -4,7 +4,7 @@ is empty, damaged or not an image (ComfyUI's Load Image shows Pillow's bare mess
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..sonic_guard.image_input import IMAGE_EXTENSIONS, load_image_file
 from . import ids

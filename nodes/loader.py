@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..sonic_guard.memory.preflight import PRECISIONS, plan_dtype
 from ..sonic_guard.models.checkpoint_paths import ModelPaths

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from . import ids
 from .generate import generation_widgets

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..sonic_guard.errors import SonicGuardError
 from ..sonic_guard.telemetry.profiling_config import ProfilingConfig

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 import torch
-from comfy_api.latest import InputImpl, io
+from comfy_api.v0_0_2 import InputImpl, io
 
 from ..sonic_guard.audio_input import audio_from_comfy, fit_duration
 from ..sonic_guard.errors import SonicGuardError

@@ -69,18 +69,22 @@ def test_root_init_imports_without_comfyui() -> None:
 
 def test_dependency_list_parses_and_follows_policy() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert pyproject["tool"]["setuptools"]["dynamic"]["dependencies"]["file"] == ["requirements.txt"]
-    assert "dependencies" in pyproject["project"]["dynamic"]
+    assert "dynamic" not in pyproject["project"], "the registry's tools read static dependencies only"
     assert "comfyui" not in pyproject["project"]["name"].lower()
+    assert any(c.startswith("Operating System") for c in pyproject["project"]["classifiers"])
     comfy = pyproject["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"]
     assert comfy["requires-comfyui"] == ">=0.3.75"
+    # The registry shows the icon from the repository's main branch: the file must exist at that path.
+    assert comfy["Icon"].endswith("/main/docs/icon.png") and (REPO / "docs" / "icon.png").is_file()
 
     lines = [
         line.split(" #")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()
         if line.strip() and not line.strip().startswith("#")
     ]
     requirements = {Requirement(line).name.lower(): Requirement(line) for line in lines}
+    static = {Requirement(line).name.lower(): Requirement(line) for line in pyproject["project"]["dependencies"]}
+    assert static == requirements, "pyproject.toml's dependencies and requirements.txt must list the same"
     for needed in ("nvidia-ml-py", "pyroscope-io", "pydub", "numpy", "prometheus-client", "av"):
         assert needed in requirements, needed
     assert "pynvml" not in requirements, "the pynvml package is a deprecated shim; depend on nvidia-ml-py"
