@@ -1,4 +1,4 @@
-"""Load Audio (Sonic): any file ffmpeg reads, from ComfyUI's input folder only, as ComfyUI AUDIO."""
+"""Load Audio (Sonic): any file FFmpeg's libraries read (through PyAV), from ComfyUI's input folder, as AUDIO."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class LoadAudio(io.ComfyNode):
             display_name="Load Audio (Sonic)",
             category=ids.CATEGORY,
             description=(
-                "Loads speech from ComfyUI's input folder through ffmpeg (wav, mp3, flac, m4a, ogg, ...). Refuses "
+                "Loads speech from ComfyUI's input folder through PyAV (wav, mp3, flac, m4a, ogg, ...). Refuses "
                 "paths outside the input folder. Gives the audio at its own rate and channels, plus its length."
             ),
             inputs=[
