@@ -6,7 +6,6 @@ from comfy_api.v0_0_2 import io
 
 from ..sonic_guard.memory.planner import POLICIES
 from ..sonic_guard.memory.presets import PRESET_CHOICES
-from ..sonic_guard.settings import non_finite_setting
 from . import ids
 from .model_handle import SonicModelHandle, SonicModelType
 from .run_job import run_generate_node
@@ -97,10 +96,6 @@ class Generate(io.ComfyNode):
             ],
             is_output_node=True,
         )
-
-    @classmethod
-    def validate_inputs(cls, **widgets) -> bool | str:
-        return non_finite_setting(widgets) or True
 
     @classmethod
     def execute(cls, sonic_model: SonicModelHandle, image, audio, **widgets) -> io.NodeOutput:

@@ -92,13 +92,3 @@ def _check_range(name: str, value: float, low: float, high: float, meaning: str)
             fix=f"set {name} between {low} and {high}",
         )
 
-
-def non_finite_setting(values: dict[str, Any]) -> str | None:
-    """Why a generator setting is NaN or infinite, or None. Checked at queue time: ComfyUI's own range check
-    lets NaN through (every comparison with it is false), and a prompt holding NaN, once in /history, makes the
-    editor's JSON parser fail whenever it reloads the queue panel."""
-    for name, value in values.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            return (f"{name} is {value}. Expected: a finite number within the input's range. "
-                    f"Fix: type a number for {name} (the example workflows show sensible values).")
-    return None

@@ -15,6 +15,10 @@ OFFLINE_PACK_LOOKUP = "api.comfy.org/nodes?node_id=sonic-guard"
 
 @pytest.fixture(scope="module")
 def page(comfy_server: ComfyServer):
+    # The shared server's /history holds the hardening tests' prompts; one with a NaN setting (ComfyUI's range
+    # check lets NaN through) is served as bare `NaN`, which the editor's JSON parser rejects on every queue-panel
+    # reload. Start from an empty history so the console check below sees only what the workflows cause.
+    comfy_server.post_json("/history", {"clear": True})
     with editor_page(comfy_server.url) as page:
         yield page
     # The generations queued from the page are not needed to finish: free the shared server for other tests.
