@@ -57,11 +57,16 @@ class ModelPaths:
     def svd_is_single_file(self) -> bool:
         """`svd` names ComfyUI's single-file SVD checkpoint (models/checkpoints/svd_xt.safetensors) rather than
         the diffusers folder: VAE and CLIP vision come from it (models/svd_single_file.py)."""
-        return self.svd.suffix.lower() in SINGLE_FILE_SUFFIXES
+        return is_single_file(self.svd)
 
     def searched(self, path: Path) -> Path:
         """The folder to name in messages: the root when known, else the file's own folder."""
         return self.root if self.root is not None else path.parent
+
+
+def is_single_file(path: Path) -> bool:
+    """A single-file checkpoint (what ComfyUI keeps in models/checkpoints) rather than a diffusers folder."""
+    return path.suffix.lower() in SINGLE_FILE_SUFFIXES
 
 
 def as_model_paths(source: Path | str | ModelPaths) -> ModelPaths:

@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..memory.model_specs import CLIP_VIT_H14_CONFIG
 from .audio_adapters import AudioTokenProjector, MotionBucketPredictor
-from .checkpoint_paths import SINGLE_FILE_SUFFIXES, ModelPaths, as_model_paths, download_hint, inspect_model_files
+from .checkpoint_paths import ModelPaths, as_model_paths, download_hint, inspect_model_files, is_single_file
 from .rife import IFNet, strip_module_prefix
 from .state_dicts import LOAD_ERRORS, check_state_dict, expected_shapes, load_checked, read_state_dict
 from .svd_single_file import load_vae_and_clip_from_single_file
@@ -151,7 +151,7 @@ def load_vae_and_clip(svd: Path, searched: Path, dtype: torch.dtype = torch.floa
     from diffusers import AutoencoderKLTemporalDecoder
     from transformers import CLIPVisionModelWithProjection
 
-    if svd.suffix.lower() in SINGLE_FILE_SUFFIXES:
+    if is_single_file(svd):
         return load_vae_and_clip_from_single_file(svd, dtype)
     _require_dir(svd, "stable-video-diffusion-img2vid-xt", searched, "svd")
     vae_dir, clip_dir = svd / "vae", svd / "image_encoder"

@@ -22,7 +22,6 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..memory.model_specs import CLIP_VIT_H14_CONFIG, SVD_XT_VAE_CONFIG
-from .checkpoint_paths import SINGLE_FILE_SUFFIXES
 
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "conditioner.embedders.0.open_clip.model.visual."
@@ -30,8 +29,9 @@ UNET_PREFIX = "model.diffusion_model."
 _QKV = ("q_proj", "k_proj", "v_proj")
 
 
-def is_single_file(path: Path) -> bool:
-    return path.suffix.lower() in SINGLE_FILE_SUFFIXES
+def _quant_conv_identity(key: str, shape: torch.Size) -> torch.Tensor:
+    """What the original model implies for diffusers' quant_conv, which it does not have: the identity."""
+    return torch.eye(shape[0]).reshape(shape) if key.endswith("weight") else torch.zeros(shape)
 
 
 # --- the VAE: diffusers AutoencoderKLTemporalDecoder name -> LDM name ---------------------------------------
@@ -147,14 +147,12 @@ def _not_svd(path: Path, detail: str) -> CheckpointError:
     )
 
 
-def _vae_state(handle: object, path: Path, names: set[str]) -> dict[str, torch.Tensor]:
-    vae = empty_svd_vae()
+def _vae_state(vae: nn.Module, handle: object, path: Path, names: set[str]) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for key, param in vae.state_dict().items():
         where = vae_key_in_file(key)
-        if where is None:  # quant_conv: the identity the original model implies
-            state[key] = torch.eye(param.shape[0]).reshape(param.shape) if key.endswith("weight") \
-                else torch.zeros(param.shape)
+        if where is None:
+            state[key] = _quant_conv_identity(key, param.shape)
             continue
         if VAE_PREFIX + where not in names:
             raise _not_svd(path, f"the VAE tensor '{VAE_PREFIX}{where}' is missing")
@@ -162,8 +160,7 @@ def _vae_state(handle: object, path: Path, names: set[str]) -> dict[str, torch.T
     return state
 
 
-def _clip_state(handle: object, path: Path, names: set[str]) -> dict[str, torch.Tensor]:
-    clip = empty_svd_image_encoder()
+def _clip_state(clip: nn.Module, handle: object, path: Path, names: set[str]) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for key in clip.state_dict():
         where, part = clip_key_in_file(key)
@@ -221,13 +218,13 @@ def load_vae_and_clip_from_single_file(path: Path, dtype: torch.dtype = torch.fl
                 kind = "an SD/SDXL checkpoint" if any(n.startswith("cond_stage_model.") for n in names) else \
                     "a file without them"
                 raise _not_svd(path, f"it has no '{VAE_PREFIX}' VAE or no '{CLIP_PREFIX}' image encoder ({kind})")
-            vae_state = _vae_state(handle, path, names)
-            clip_state = _clip_state(handle, path, names)
+            vae, clip = empty_svd_vae(), empty_svd_image_encoder()
+            vae_state = _vae_state(vae, handle, path, names)
+            clip_state = _clip_state(clip, handle, path, names)
     except SafetensorError as error:
         raise _not_svd(path, f"safetensors cannot read it ({error}); it may be truncated") from error
-    vae = _checked_load(empty_svd_vae(), vae_state, path, "VAE", dtype)
-    clip = _checked_load(empty_svd_image_encoder(), clip_state, path, "image encoder", dtype)
-    return vae, clip
+    return (_checked_load(vae, vae_state, path, "VAE", dtype),
+            _checked_load(clip, clip_state, path, "image encoder", dtype))
 
 
 # --- the other direction: a single file from diffusers modules --------------------------------------------------
@@ -239,9 +236,7 @@ def single_file_state(vae: nn.Module, image_encoder: nn.Module) -> dict[str, tor
     for key, tensor in vae.state_dict().items():
         where = vae_key_in_file(key)
         if where is None:
-            identity = torch.eye(tensor.shape[0]).reshape(tensor.shape) if key.endswith("weight") \
-                else torch.zeros(tensor.shape)
-            if not torch.equal(tensor.float().cpu(), identity):
+            if not torch.equal(tensor.float().cpu(), _quant_conv_identity(key, tensor.shape)):
                 raise ValueError(f"{key} is not the identity; the SVD single-file layout cannot hold it")
             continue
         if ".mid.attn_1." in where and tensor.ndim == 2:
