@@ -5,7 +5,7 @@
 # Environment knobs:
 #   SONIC_GUARD_VENV   where the virtual environment lives (default: <repo>/.venv)
 #   SONIC_GUARD_HOST   where ComfyUI is unpacked (default: <repo>/.host)
-#   SKIP_APT=1         do not install Debian packages (you provide ffmpeg, espeak-ng, sox, chromium, prometheus)
+#   SKIP_APT=1         do not install Debian packages (you provide ffmpeg, espeak-ng, sox, chromium, prometheus, haproxy)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +28,7 @@ install_debian_tools() {
   command -v sox >/dev/null || missing+=(sox)
   command -v chromium >/dev/null || missing+=(chromium)
   command -v prometheus >/dev/null || missing+=(prometheus)
+  command -v haproxy >/dev/null || missing+=(haproxy)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "${SKIP_APT:-0}" = 1 ]; then
     log "SKIP_APT=1 but these tools are missing: ${missing[*]}"
