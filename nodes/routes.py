@@ -1,4 +1,5 @@
-"""HTTP routes on ComfyUI's own server: Prometheus metrics, a load-balancer health check, and pre-flight plans."""
+"""HTTP routes on ComfyUI's own server: Prometheus metrics, a load-balancer health check, pre-flight plans, and
+the model download action."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from server import PromptServer
 
 from ..sonic_guard.errors import SonicGuardError
 from ..sonic_guard.telemetry.health import health_http_status
-from .comfy_bridge import output_directory
+from .comfy_bridge import output_directory, sonic_search_folders
 from .diagnostics import register_diagnostics
+from .model_downloads import register_model_downloads
 from .services import queue_length, services
 
 logger = logging.getLogger(__name__)
@@ -54,3 +56,5 @@ def register_routes() -> None:
     routes.get("/sonic/health")(health)
     routes.post("/sonic/plan")(plan)
     register_diagnostics(routes, lambda: [output_directory()])
+    # models/sonic itself (registered first, as the default): a new model folder goes inside it.
+    register_model_downloads(routes, lambda: sonic_search_folders()[0])
