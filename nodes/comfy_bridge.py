@@ -30,7 +30,7 @@ from ..sonic_guard.memory.room import (
     stage_activation_bytes,
     stage_room_bytes,
 )
-from ..sonic_guard.models.checkpoint_paths import SINGLE_FILE_SUFFIXES
+from ..sonic_guard.models.checkpoint_paths import SINGLE_FILE_SUFFIXES, WhisperSearch, find_whisper
 from ..sonic_guard.models.weight_streaming import stream_weights
 from ..sonic_guard.paths import resolve_user_path
 
@@ -52,6 +52,22 @@ def sonic_search_folders() -> list[Path]:
         return [Path(p) for p in folder_paths.get_folder_paths(SONIC_FOLDER)]
     except KeyError:
         return []
+
+
+AUDIO_ENCODERS_FOLDER = "audio_encoders"  # ComfyUI's models/audio_encoders (and extra_model_paths.yaml entries)
+
+
+def audio_encoder_folders() -> list[Path]:
+    """Every folder ComfyUI registers for audio encoders; none on a host that predates the name."""
+    try:
+        return [Path(p) for p in folder_paths.get_folder_paths(AUDIO_ENCODERS_FOLDER)]
+    except KeyError:
+        return []
+
+
+def whisper_search(root: Path) -> WhisperSearch:
+    """Whisper-tiny beside the Sonic files, in ComfyUI's audio encoders folders, or in the Hugging Face cache."""
+    return find_whisper(root, audio_encoder_folders())
 
 
 def list_model_roots() -> list[str]:

@@ -27,8 +27,10 @@ class ModelLoader(io.ComfyNode):
             display_name="Sonic Model Loader",
             category=ids.CATEGORY,
             description=(
-                "Loads Sonic (unet.pth, audio2token.pth, audio2bucket.pth), whisper-tiny, the SVD-xt VAE and image "
-                "encoder, and optionally RIFE, from a folder in models/sonic with the official layout. Weights "
+                "Loads Sonic (unet.pth, or its fp16 conversion unet.fp16.safetensors when present), audio2token.pth, "
+                "audio2bucket.pth, whisper-tiny (beside them, in models/audio_encoders, or from the Hugging Face "
+                "cache), the SVD-xt VAE and image encoder, and optionally RIFE, from a folder in models/sonic "
+                "with the official layout. Weights "
                 "load with weights_only=True; a missing or wrong file is named with what was expected. Models "
                 "stay on the offload device until a stage needs them."
             ),
@@ -54,19 +56,23 @@ class ModelLoader(io.ComfyNode):
                 svd_checkpoint: str = comfy.FROM_MODEL_FOLDER) -> io.NodeOutput:
         root = comfy.resolve_model_root(model_folder)
         svd_file = comfy.resolve_svd_checkpoint(svd_checkpoint)
-        paths = ModelPaths.from_root(root) if svd_file is None else replace(ModelPaths.from_root(root), svd=svd_file)
+        whisper = comfy.whisper_search(root)
+        paths = ModelPaths.from_root(root, whisper=whisper)
+        if svd_file is not None:
+            paths = replace(paths, svd=svd_file)
         device = comfy.compute_device()
         dtype = plan_dtype(precision, device.type)
         # UNet, VAE and CLIP load in the chosen precision; the audio adapters, whisper and RIFE stay fp32.
-        models = load_sonic_models(paths, with_rife=load_rife, dtype=dtype)
-        notes = []
+        models = load_sonic_models(paths, with_rife=load_rife, dtype=dtype, whisper=whisper)
+        used = f"UNet from {paths.unet.name}, whisper-tiny from {paths.whisper}"
+        notes = [f"UNet read from {paths.unet.name} (the fp16 conversion)"] if paths.unet.suffix != ".pth" else []
         if load_rife and models.rife is None:
             notes.append("RIFE/flownet.pkl not found: no RIFE interpolation (see the generator's rife_fallback)")
         patchers = {
             name: comfy.make_patcher(module, device)
             for name in PLACED if (module := getattr(models, name)) is not None
         }
-        logger.info("Sonic models loaded from %s (%s, %s)", root, dtype, device)
+        logger.info("Sonic models loaded from %s (%s, %s): %s", root, dtype, device, used)
         handle = SonicModelHandle(models=models, patchers=patchers, device=device, dtype=dtype,
                                   source=model_folder, notes=tuple(notes))
         return io.NodeOutput(handle)

@@ -14,7 +14,15 @@ from torch import nn
 from ..errors import CheckpointError
 from ..memory.model_specs import CLIP_VIT_H14_CONFIG
 from .audio_adapters import AudioTokenProjector, MotionBucketPredictor
-from .checkpoint_paths import ModelPaths, as_model_paths, download_hint, inspect_model_files, is_single_file
+from .checkpoint_paths import (
+    UNET_FP16,
+    ModelPaths,
+    WhisperSearch,
+    as_model_paths,
+    download_hint,
+    inspect_model_files,
+    is_single_file,
+)
 from .rife import IFNet, strip_module_prefix
 from .state_dicts import LOAD_ERRORS, check_state_dict, expected_shapes, load_checked, read_state_dict
 from .svd_single_file import load_vae_and_clip_from_single_file
@@ -87,11 +95,22 @@ def read_unet_config(paths: ModelPaths) -> dict[str, Any]:
     return config
 
 
+def _unet_hint(path: Path) -> str:
+    if path.name != UNET_FP16:
+        return download_hint("unet")
+    root = path.parent.parent
+    return (f"this is the fp16 conversion of unet.pth: delete {path} (the loader then reads unet.pth) or convert "
+            f"again with `python -m sonic_guard.models.convert_unet {root} --force`")
+
+
 def load_unet(paths: ModelPaths, config: dict[str, Any]) -> SonicUNet:
+    """The UNet from `paths.unet`: a .safetensors file is memory-mapped (its tensors stay backed by the file)."""
     unet = build_sonic_unet(config, device="meta")
-    searched = paths.searched(paths.unet)
-    state = read_state_dict(paths.unet, "Sonic UNet (unet.pth)", searched, download_hint("unet"))
-    return load_checked(unet, state, paths.unet, "Sonic UNet (unet.pth)", searched, download_hint("unet"))
+    searched, what, hint = paths.searched(paths.unet), f"Sonic UNet ({paths.unet.name})", _unet_hint(paths.unet)
+    state = read_state_dict(paths.unet, what, searched, hint)
+    loaded = load_checked(unet, state, paths.unet, what, searched, hint)
+    logger.info("Sonic UNet loaded from %s", paths.unet)
+    return loaded
 
 
 def load_audio_adapters(paths: ModelPaths, whisper_dim: int, whisper_layers: int, cross_dim: int,
@@ -181,9 +200,9 @@ def _scheduler_config(svd: Path) -> dict[str, Any]:
         return {}
 
 
-def _require_present(paths: ModelPaths) -> None:
+def _require_present(paths: ModelPaths, whisper: WhisperSearch | None) -> None:
     """Fail before loading anything big when a required file or folder is absent, naming all of them."""
-    missing = inspect_model_files(paths).missing()
+    missing = inspect_model_files(paths, whisper).missing()
     if not missing:
         return
     listed = "; ".join(f"{f.name} ({f.path}, {f.status})" for f in missing)
@@ -192,7 +211,8 @@ def _require_present(paths: ModelPaths) -> None:
     raise CheckpointError(
         problem=f"{len(missing)} required model file(s) missing in {searched}: {listed}",
         expected="the official layout: Sonic/unet.pth, Sonic/audio2token.pth, Sonic/audio2bucket.pth, "
-        "stable-video-diffusion-img2vid-xt/{vae,image_encoder}/, whisper-tiny/",
+        "stable-video-diffusion-img2vid-xt/{vae,image_encoder}/, whisper-tiny/ (or whisper-tiny in ComfyUI's "
+        "models/audio_encoders or the Hugging Face cache)",
         fix="download them: " + " ; ".join(hints),
     )
 
@@ -217,15 +237,18 @@ def _small_configs(paths: ModelPaths) -> tuple[Any, Any]:
 
 
 def load_sonic_models(source: Path | str | ModelPaths, *, with_rife: bool = True,
-                      dtype: torch.dtype = torch.float32) -> SonicModelSet:
+                      dtype: torch.dtype = torch.float32, whisper: WhisperSearch | None = None) -> SonicModelSet:
     """Load all models to the CPU from a root folder (official layout) or explicit `ModelPaths`; no network.
+
+    `whisper` is the search that placed whisper-tiny (`checkpoint_paths.find_whisper` with the host's folders);
+    a missing whisper-tiny is reported with every place it names.
 
     UNet, VAE and CLIP load in `dtype` (the plan's precision: `memory.preflight.plan_dtype`); whisper, the audio
     adapters and RIFE in float32, as the reference runs them. Cheap checks come first (presence, configs, Sonic
     state-dict keys/shapes) so a wrong file fails fast.
     """
-    paths = as_model_paths(source)
-    _require_present(paths)
+    paths = as_model_paths(source, whisper)
+    _require_present(paths, whisper)
     unet_config = read_unet_config(paths)
     cross_dim = int(unet_config["cross_attention_dim"])
     whisper_config, clip_config = _small_configs(paths)
@@ -253,6 +276,8 @@ def load_sonic_models(source: Path | str | ModelPaths, *, with_rife: bool = True
     face = paths.yoloface if paths.yoloface is not None and paths.yoloface.is_file() else None
     summary = {
         "unet_config": unet_config,
+        "unet_file": str(paths.unet),
+        "whisper_folder": str(paths.whisper),
         "cross_attention_dim": cross_dim,
         "whisper_d_model": int(whisper_config.d_model),
         "whisper_encoder_layers": int(whisper_config.encoder_layers),
