@@ -7,6 +7,7 @@ and repeated questions cost nothing after the first time.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Hashable
@@ -17,7 +18,9 @@ import torch
 from . import stages
 from .attention_model import O_TOKENS_BACKENDS
 from .calibration import AllocatorCalibration, default_calibration
+from .estimate_cache import EstimateCache, estimate_scope
 from .free_memory import cuda_allocator_kind
+from .meta_op_memo import MetaOpMemo
 from .model_specs import MetaModels, ModelConfigs
 from .plan import ExecutionPlan, MemoryEstimate, StageEstimate
 from .tracker import CUDA_BLOCK_BYTES
@@ -61,9 +64,10 @@ class MemoryEstimator:
 
     def __init__(self, configs: ModelConfigs | None = None, calibration: AllocatorCalibration | None = None,
                  *, block: int | None = None, area_scaling: bool = True, device_type: str = "cuda",
-                 allocator: str | None = None) -> None:
+                 allocator: str | None = None, cache: EstimateCache | None = None) -> None:
         """`device_type` picks defaults: CUDA rounds allocations to 512 B; the CPU allocator does not round.
-        `allocator` (CUDA): the allocator kind the default overhead is for; None asks torch."""
+        `allocator` (CUDA): the allocator kind the default overhead is for; None asks torch.
+        `cache`: figures kept across restarts (`EstimateCache.beside(history.path)`); None keeps them in memory."""
         self.configs = configs or ModelConfigs.full_size()
         self.device_type = device_type
         self.area_scaling = area_scaling
@@ -76,7 +80,42 @@ class MemoryEstimator:
         self.block = block if block is not None else (1 if device_type == "cpu" else CUDA_BLOCK_BYTES)
         self.models = MetaModels(self.configs)
         self.cache = StageCache()
+        self.op_memo = MetaOpMemo()  # shared by every simulation of this estimator: repeated ops cost ~nothing
         self._fingerprint = self.configs.fingerprint()
+        self._weights: dict[str, int] = {}  # "w:" names (see `_weight_name`) -> resident bytes
+        self._persistent = cache
+        self._unsaved: dict[str, int] = {}
+        self._scope: dict[str, str] = {}
+        if cache is not None:
+            self._scope = estimate_scope(self._fingerprint, device_type=device_type, block=self.block)
+            self._preload(cache.load(self._scope))
+
+    def _preload(self, stored: dict[str, int]) -> None:
+        """Figures from an earlier process: activations join the shape cache, weights the weight figures."""
+        for name, value in stored.items():
+            if name.startswith("w:"):
+                self._weights[name] = value
+            elif name.startswith("a:"):
+                stage_key, *size = json.loads(name[2:])
+                self.cache.entries[(self._fingerprint, self.block, tuple(stage_key), *size)] = value
+        logger.debug("estimate cache: %d figures loaded from %s", len(stored), self._persistent and
+                     self._persistent.path)
+
+    def _remember(self, name: str, value: int) -> None:
+        if self._persistent is not None:
+            self._unsaved[name] = value
+
+    def _save(self) -> None:
+        """Write new figures to the persistent cache; a failed write costs a later simulation, not the plan."""
+        if self._persistent is None or not self._unsaved:
+            return
+        try:
+            self._persistent.store(self._scope, self._unsaved)
+        except OSError as error:
+            logger.warning("estimate cache %s not written (%s); the next restart simulates again",
+                           self._persistent.path, error)
+            return
+        self._unsaved = {}
 
     def _model_dtype(self, name: str, plan: ExecutionPlan) -> torch.dtype:
         if name == "whisper":
@@ -84,9 +123,17 @@ class MemoryEstimator:
         return stages.RIFE_DTYPE if name == "rife" else plan.torch_dtype
 
     def _model_bytes(self, name: str, plan: ExecutionPlan) -> int:
-        if name == "unet" and plan.unet_weight_offload:
-            return self.models.streamed_unet_bytes(plan.torch_dtype, self.block)
-        return self.models.weight_bytes(name, self._model_dtype(name, plan), self.block)
+        streamed = name == "unet" and plan.unet_weight_offload
+        dtype = self._model_dtype(name, plan)
+        key = "w:" + json.dumps([name, str(dtype), streamed])
+        if key not in self._weights:
+            if streamed:
+                value = self.models.streamed_unet_bytes(plan.torch_dtype, self.block)
+            else:
+                value = self.models.weight_bytes(name, dtype, self.block)
+            self._weights[key] = value
+            self._remember(key, value)
+        return self._weights[key]
 
     def resident_models(self, stage: str, plan: ExecutionPlan) -> tuple[str, ...]:
         """Models on the device during `stage`: all of them (official behaviour) or only the stage's own."""
@@ -109,6 +156,10 @@ class MemoryEstimator:
         raise KeyError(f"unknown stage {stage!r}")
 
     def _simulate(self, stage: str, p: ExecutionPlan) -> int:
+        with self.op_memo.mode():
+            return self._simulate_stage(stage, p)
+
+    def _simulate_stage(self, stage: str, p: ExecutionPlan) -> int:
         block = self.block
         if stage == "unet_window":
             return stages.simulate_unet_window(self.models.get("unet", p.torch_dtype), p, self.configs, block)
@@ -133,6 +184,8 @@ class MemoryEstimator:
         scalable = sized and (plan.attention in O_TOKENS_BACKENDS or stage == "interpolate")
         if key in self.cache.entries or exact or not scalable or family not in self._families:
             value, cached = self.cache.get_or_compute(key, lambda: self._simulate(stage, plan))
+            if not cached:
+                self._remember("a:" + json.dumps(key[2:]), value)
             if sized:
                 self._families[family] = (plan.width * plan.height, value)
             return value, "cached" if cached else "simulated"
@@ -161,6 +214,7 @@ class MemoryEstimator:
             resident = self.resident_models(stage, plan)
             weights = sum(self._model_bytes(name, plan) for name in resident)
             results[stage] = StageEstimate(stage, weights, activation, resident)
+        self._save()
         raw = max(s.peak_bytes for s in results.values())
         # The allocator's overhead grows with each stage's activations (weights pack tightly at load).
         with_overhead = max(s.peak_bytes + self.calibration.overhead(s.activation_bytes) for s in results.values())
