@@ -54,16 +54,20 @@ def simulation_code_hash(root: Path = _PACKAGE_ROOT) -> str:
     return digest.hexdigest()[:16]
 
 
-def estimate_scope(config_fingerprint: str, *, device_type: str, block: int,
-                   alloc_conf: str | None = None) -> dict[str, str]:
-    """Everything besides shapes and levers that a cached figure depends on (`alloc_conf` None: from the
-    environment, as torch reads it)."""
+SIMULATED_PACKAGES = ("torch", "diffusers", "transformers")  # their kernels and modules make the figures
+
+
+def estimate_scope(config_fingerprint: str, *, device_type: str, block: int, alloc_conf: str | None = None,
+                   versions: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Everything besides shapes and levers that a cached figure depends on. None: `alloc_conf` from the
+    environment (as torch reads it), `versions` of `SIMULATED_PACKAGES` from the installed distributions."""
     if alloc_conf is None:
         alloc_conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+    if versions is None:
+        versions = {name: package_version(name) for name in SIMULATED_PACKAGES}
     return {
-        "config": config_fingerprint, "torch": package_version("torch"),
-        "diffusers": package_version("diffusers"), "transformers": package_version("transformers"),
-        "alloc_conf": alloc_conf, "device_type": device_type, "block": str(block), "code": simulation_code_hash(),
+        "config": config_fingerprint, **versions, "alloc_conf": alloc_conf, "device_type": device_type,
+        "block": str(block), "code": simulation_code_hash(),
     }
 
 
@@ -111,14 +115,14 @@ class EstimateCache:
 
     def _read(self) -> dict[str, dict[str, Any]]:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return {}
         except OSError as error:
             logger.warning("estimate cache %s unreadable (%s); simulating afresh", self.path, error)
             return {}
         try:
-            return _valid_scopes(json.loads(text))
+            return _valid_scopes(json.loads(data))  # bad UTF-8 is a ValueError too
         except (ValueError, TypeError, KeyError, AttributeError) as error:
             logger.warning("estimate cache %s ignored and rebuilt on the next write: %s", self.path, error)
             return {}
