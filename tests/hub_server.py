@@ -11,8 +11,9 @@ What it serves, as huggingface.co does (huggingface_hub's file_download.py / hf_
   Range request.
 
 Faults, set per file: `drop_after(path, n)` makes the next GET of that file send `n` bytes and then close the
-connection (with `then_down=True` the hub then goes away: 503 to everything until `outage(False)`). Every request is
-logged with the byte it started at (`requests`).
+connection (with `then_down=True` the hub then goes away: 503 to everything until `outage(False)`);
+`serve_short(path, n)` serves only the first `n` bytes of that file as if they were all of it (a broken mirror).
+Every request is logged with the byte it started at (`requests`).
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class HubServer:
         self.requests: list[Logged] = []
         self._drops: dict[str, tuple[int, bool]] = {}
         self._outage = False
+        self._short: dict[str, int] = {}
         self._lock = threading.Lock()
         handler = _handler_for(self)
         self._servers = [ThreadingHTTPServer(("127.0.0.1", 0), handler) for _ in ("hub", "cdn")]
@@ -128,6 +130,14 @@ class HubServer:
     def drop_after(self, path: str, n_bytes: int, then_down: bool = False) -> None:
         with self._lock:
             self._drops[path] = (n_bytes, then_down)
+
+    def serve_short(self, path: str, n_bytes: int) -> None:
+        with self._lock:
+            self._short[path] = n_bytes
+
+    def short_length(self, path: str) -> int | None:
+        with self._lock:
+            return self._short.get(path)
 
     def outage(self, on: bool) -> None:
         with self._lock:
@@ -248,6 +258,8 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 status = 206
                 headers = {**headers, "Content-Range": f"bytes {start}-{end}/{size}"}
             payload = f.data[start:end + 1]
+            if (short := hub.short_length(f.path)) is not None:
+                payload = payload[:short]
             headers = {**headers, "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
             drop = hub.take_drop(f.path) if body and self.command == "GET" else None
             if drop is None:
