@@ -23,12 +23,20 @@ logger = logging.getLogger(__name__)
 # Where the client's uploads go inside the server's input folder, so they do not mix with hand-placed files.
 UPLOAD_SUBFOLDER = "sonic_client"
 NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, TimeoutError, socket.timeout, OSError)
+# Sent on every request of one job attempt: a load balancer hashes it (HAProxy `balance hdr(X-Sonic-Job)`) so
+# that the upload, /prompt, /ws, /history and /view of a job all reach the worker that holds its prompt.
+JOB_HEADER = "X-Sonic-Job"
+# A balancer names the worker that answered in this response header (HAProxy: `http-response set-header`).
+WORKER_HEADER = "X-Sonic-Worker"
+# What a balancer answers when no worker could take the request: the job may be tried again elsewhere.
+BALANCER_GAVE_UP = (502, 503, 504)
 
 
 @dataclass(frozen=True)
 class HttpAnswer:
     status: int
     body: bytes
+    worker: str | None = None  # the balancer's WORKER_HEADER, when one is in front
 
     def json(self) -> Any:
         return json.loads(self.body or b"null")
@@ -43,9 +51,20 @@ def normalise_url(url: str) -> str:
 class ComfyClient:
     """A small synchronous client for one ComfyUI server."""
 
-    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 30.0, job_key: str | None = None) -> None:
         self.url = normalise_url(base_url)
         self.timeout_s = timeout_s
+        self.job_key = job_key
+        # The worker behind a balancer that took this job's prompt (one client per job attempt, see pinned()).
+        self.worker: str | None = None
+
+    def pinned(self, job_key: str) -> ComfyClient:
+        """A client for one job attempt: every request carries `job_key`, so a balancer keeps them on one worker."""
+        return ComfyClient(self.url, self.timeout_s, job_key=job_key)
+
+    @property
+    def job_headers(self) -> dict[str, str]:
+        return {JOB_HEADER: self.job_key} if self.job_key else {}
 
     def __repr__(self) -> str:
         return f"ComfyClient({self.url!r})"
@@ -59,12 +78,13 @@ class ComfyClient:
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
                 timeout_s: float | None = None) -> HttpAnswer:
         """Any HTTP status comes back as an answer; only a failed connection raises (ServerUnreachableError)."""
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        req = urllib.request.Request(self.url + path, data=body, method=method,
+                                     headers={**self.job_headers, **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:  # noqa: S310 - user URL
-                return HttpAnswer(resp.status, resp.read())
+                return HttpAnswer(resp.status, resp.read(), resp.headers.get(WORKER_HEADER))
         except urllib.error.HTTPError as err:
-            return HttpAnswer(err.code, err.read())
+            return HttpAnswer(err.code, err.read(), err.headers.get(WORKER_HEADER))
         except NETWORK_ERRORS as err:
             raise ServerUnreachableError(self.url, _network_detail(err)) from err
 
@@ -114,6 +134,8 @@ class ComfyClient:
         parts.append(f"\r\n--{boundary}--\r\n".encode())
         answer = self.request("POST", "/upload/image", b"".join(parts),
                               {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        if answer.status in BALANCER_GAVE_UP:
+            raise ServerUnreachableError(self.url, f"uploading {path.name} answered HTTP {answer.status}")
         if answer.status != 200:
             raise PromptRejectedError(answer.status, {"error": {
                 "type": "upload_failed", "message": f"uploading {path.name} failed",
@@ -129,6 +151,8 @@ class ComfyClient:
         try:
             payload = answer.json()
         except json.JSONDecodeError:
+            if answer.status in BALANCER_GAVE_UP:  # a balancer's own error page: no worker took the prompt
+                raise ServerUnreachableError(self.url, f"POST /prompt answered HTTP {answer.status}") from None
             payload = {"error": {"type": "bad_answer", "message": answer.body.decode(errors="replace")[:1000]}}
         if not isinstance(payload, dict):
             payload = {"error": {"type": "bad_answer", "message": str(payload)[:1000]}}
@@ -138,6 +162,7 @@ class ComfyClient:
             if answer.status == 200 and payload.get("prompt_id"):
                 self.cancel(str(payload["prompt_id"]))
             raise PromptRejectedError(answer.status, payload)
+        self.worker = answer.worker
         return str(payload["prompt_id"])
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
@@ -161,7 +186,7 @@ class ComfyClient:
         dest_dir.mkdir(parents=True, exist_ok=True)
         target = dest_dir / Path(str(item["filename"])).name
         partial = target.with_name(target.name + ".part")
-        req = urllib.request.Request(f"{self.url}/view?{query}")
+        req = urllib.request.Request(f"{self.url}/view?{query}", headers=self.job_headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp, open(partial, "wb") as out:  # noqa: S310
                 shutil.copyfileobj(resp, out)

@@ -50,7 +50,8 @@ class EventStream:
         self.client_id = client_id
         try:
             self.ws = websocket.create_connection(
-                f"{client.websocket_url}/ws?clientId={client_id}", timeout=connect_timeout_s
+                f"{client.websocket_url}/ws?clientId={client_id}", timeout=connect_timeout_s,
+                header=[f"{name}: {value}" for name, value in client.job_headers.items()],
             )
         except (OSError, websocket.WebSocketException) as err:
             raise ServerUnreachableError(client.url, f"websocket: {type(err).__name__}: {err}") from err

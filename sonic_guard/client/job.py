@@ -29,6 +29,7 @@ class JobResult:
     outputs: list[Path] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
+    worker: str | None = None  # the worker a load balancer sent the prompt to, when it names it
 
 
 def run_workflow(
@@ -75,7 +76,7 @@ def run_workflow(
     except BaseException:
         progress.finish("failed")
         raise
-    result = JobResult(server=client.url, prompt_id=prompt_id)
+    result = JobResult(server=client.url, prompt_id=prompt_id, worker=client.worker)
     result.outputs, result.reports = download_outputs(client, record.history, out_dir)
     result.elapsed_s = time.monotonic() - started
     progress.finish(f"done in {result.elapsed_s:.0f} s: {', '.join(p.name for p in result.outputs) or 'no files'}")

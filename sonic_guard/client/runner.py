@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -115,13 +116,16 @@ class BatchRunner:
                 break
             self._emit("chosen", job=job.name, server=server.url, attempt=attempt,
                        free_bytes=server.free_bytes, queue_length=server.queue_length)
+            # A fresh key per attempt: behind a balancer the retry is hashed anew, away from a worker that died.
+            client = server.client.pinned(f"{job.name}.{attempt}.{uuid.uuid4().hex[:8]}")
             try:
                 result = run_workflow(
-                    server.client, self.workflow, replace(self.overrides, image=job.image, audio=job.audio),
+                    client, self.workflow, replace(self.overrides, image=job.image, audio=job.audio),
                     self.out_dir / job.name, label=label, progress_stream=self.progress_stream,
                     progress_redraw=False if self.parallel > 1 else None, timeout_s=self.timeout_s,
-                    on_queued=lambda prompt_id, name=job.name, url=server.url, number=attempt: self._emit(
-                        "queued", job=name, server=url, prompt_id=prompt_id, attempt=number),
+                    on_queued=lambda prompt_id, name=job.name, url=server.url, number=attempt, pinned=client: (
+                        self._emit("queued", job=name, server=url, prompt_id=prompt_id, attempt=number,
+                                   worker=pinned.worker)),
                 )
             except ClientError as err:
                 last_error = err
@@ -129,14 +133,15 @@ class BatchRunner:
                     break
                 failed_on.append(server.url)
                 state.record(job, job_fingerprint, "failed", retryable=True, server=server.url,
-                             attempt=attempt, error=str(err))
+                             worker=client.worker, attempt=attempt, error=str(err))
                 self._emit("retry", job=job.name, server=server.url, attempt=attempt, error=str(err))
                 logger.warning("%s: attempt %d on %s failed (%s); trying again", job.name, attempt,
                                server.url, err.problem)
                 continue
             finally:
                 in_flight.release(server.url)
-            state.record(job, job_fingerprint, "done", server=result.server, prompt_id=result.prompt_id,
+            state.record(job, job_fingerprint, "done", server=result.server, worker=result.worker,
+                         prompt_id=result.prompt_id, attempt=attempt,
                          outputs=state.relative(result.outputs), elapsed_s=round(result.elapsed_s, 1))
             self._emit("done", job=job.name, server=result.server, outputs=[str(p) for p in result.outputs])
             return None
