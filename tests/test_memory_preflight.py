@@ -24,6 +24,7 @@ from sonic_guard.memory.preflight import (
     dtype_name,
     inputs_from_widgets,
     plan_dtype,
+    preflight_estimator,
     verdict,
 )
 from sonic_guard.memory.presets import PRESET_CHOICES
@@ -127,3 +128,20 @@ def test_every_grouping_runs_all_three_branches(cfg_batch: int, batches: tuple[i
     assert model.run_seconds(512, 512, 10, 100, cfg_batch) == pytest.approx(model.run_seconds(512, 512, 10, 100, 3))
     with_overhead = TimeModel(per_call_s=1.0, per_pixel_frame_s=0.0, decode_per_pixel_frame_s=0.0)
     assert with_overhead.run_seconds(512, 512, 1, 25, cfg_batch, window=25) == pytest.approx(len(batches))
+
+
+def test_the_shared_estimator_keeps_its_figures_beside_the_history(square_reference, tmp_path) -> None:
+    """The badge's answer after a restart (a new estimator on the same history folder) comes from the file the
+    generator's pre-flight wrote, and is the same answer; nothing is simulated again."""
+    history = tmp_path / "sonic_guard" / "history.sqlite"
+    calibration = AllocatorCalibration(fixed_bytes=0, fragmentation=0.0)
+    widgets = {**WIDGETS, "preset": "custom", "memory_policy": "auto", "precision": "fp16"}
+    before = preflight_estimator(ModelConfigs.tiny(), device_type="cuda", history_path=history,
+                                 calibration=calibration)
+    generator = generator_decision(square_reference, widgets, "fp16", "cuda", 2**40, before)
+    assert before.cache.misses > 0 and (history.parent / "estimate_cache.json").is_file()
+    after = preflight_estimator(ModelConfigs.tiny(), device_type="cuda", history_path=history,
+                                calibration=calibration)
+    badge = verdict(inputs_from_widgets(widgets, dtype="float16", device_type="cuda"), 2**40, after)
+    assert after.cache.misses == 0
+    assert comparable(badge["plan"]) == comparable(generator)

@@ -82,7 +82,7 @@ class MemoryEstimator:
         self.cache = StageCache()
         self.op_memo = MetaOpMemo()  # shared by every simulation of this estimator: repeated ops cost ~nothing
         self._fingerprint = self.configs.fingerprint()
-        self._weights: dict[str, int] = {}  # "w:" names (see `_weight_name`) -> resident bytes
+        self._weights: dict[str, int] = {}  # "w:" names (see `_model_bytes`) -> resident bytes
         self._persistent = cache
         self._unsaved: dict[str, int] = {}
         self._scope: dict[str, str] = {}
@@ -92,14 +92,19 @@ class MemoryEstimator:
 
     def _preload(self, stored: dict[str, int]) -> None:
         """Figures from an earlier process: activations join the shape cache, weights the weight figures."""
+        unreadable = 0
         for name, value in stored.items():
             if name.startswith("w:"):
                 self._weights[name] = value
-            elif name.startswith("a:"):
-                stage_key, *size = json.loads(name[2:])
+                continue
+            try:
+                stage_key, *size = json.loads(name.removeprefix("a:"))
                 self.cache.entries[(self._fingerprint, self.block, tuple(stage_key), *size)] = value
-        logger.debug("estimate cache: %d figures loaded from %s", len(stored), self._persistent and
-                     self._persistent.path)
+            except (ValueError, TypeError):
+                unreadable += 1  # simulated again when asked for
+        if unreadable:
+            logger.warning("estimate cache: %d unreadable figures skipped; they will be simulated again", unreadable)
+        logger.debug("estimate cache: %d figures loaded", len(stored) - unreadable)
 
     def _remember(self, name: str, value: int) -> None:
         if self._persistent is not None:

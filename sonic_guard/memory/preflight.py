@@ -4,18 +4,26 @@ ask the planner here, with the same inputs, so they cannot give different answer
 What differs between them is only what they know: the generator has the real image (its face crop decides the
 aspect), the badge and the Plan node assume a square crop at the requested resolution and, without an audio
 length, `DEFAULT_PLAN_SECONDS`.
+
+They share one estimator per model configuration too (`preflight_estimator`): its simulated figures persist in
+an `EstimateCache` beside the run history, so after a server restart the first pre-flight reads them back instead
+of simulating the model again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import BadInputError, MemoryPlanError
-from .calibration import TimeModel
+from .calibration import AllocatorCalibration, TimeModel
+from .estimate_cache import EstimateCache
+from .estimator import MemoryEstimator
+from .model_specs import ModelConfigs
 from .plan import RunRequest
 from .planner import POLICIES, Estimator, PlanDecision, plan_run
 from .presets import PRESET_CHOICES, preset_request
@@ -69,6 +77,15 @@ def dtype_name(dtype: torch.dtype) -> str:
 def default_attention(device_type: str) -> str:
     """torch has fused SDPA kernels (O(tokens) memory) on CUDA and the CPU; elsewhere plan the math kernel."""
     return "flash" if device_type in ("cuda", "cpu") else "math"
+
+
+def preflight_estimator(configs: ModelConfigs, *, device_type: str, history_path: str | Path | None,
+                        calibration: AllocatorCalibration | None = None) -> MemoryEstimator:
+    """The estimator the badge, the Plan node and the generator share for `configs` (keep one per configuration
+    for the server's lifetime). With `history_path` (`RunHistory.path`) its figures persist beside the history;
+    `calibration` None: the default allocator overhead for the device."""
+    cache = EstimateCache.beside(history_path) if history_path is not None else None
+    return MemoryEstimator(configs, calibration, device_type=device_type, cache=cache)
 
 
 def build_request(inputs: PreflightInputs) -> RunRequest:
