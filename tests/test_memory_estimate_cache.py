@@ -146,6 +146,20 @@ def test_a_bad_file_is_ignored_with_a_log_line_and_rebuilt(tmp_path: Path, conte
     assert again.estimate(plan, exact=True).peak_bytes == expected and again.cache.misses == 0
 
 
+def test_unreadable_figure_names_are_skipped_and_simulated(tmp_path: Path, caplog) -> None:
+    """A well-formed file whose names this version cannot parse (a foreign writer): skipped with a log line."""
+    cache = EstimateCache(tmp_path / "estimate_cache.json")
+    scope = estimate_scope(ModelConfigs.tiny().fingerprint(), device_type="cuda", block=512)
+    cache.store(scope, {"a:{not json": 7, "a:[1]": 8, "x:other": 9})
+    plan = ExecutionPlan(width=128, height=128, dtype="float16")
+    expected = tiny_estimator(None).estimate(plan, exact=True).peak_bytes
+    with caplog.at_level(logging.WARNING, logger="sonic_guard.memory.estimator"):
+        estimator = tiny_estimator(cache)
+        assert estimator.estimate(plan, exact=True).peak_bytes == expected
+    assert estimator.cache.misses > 0
+    assert any("unreadable figures" in record.getMessage() for record in caplog.records)
+
+
 def test_the_file_stays_bounded_and_keeps_the_newest_scope(tmp_path: Path) -> None:
     cache = EstimateCache(tmp_path / "estimate_cache.json", max_entries=10)
     scopes = [estimate_scope(f"config-{i}", device_type="cuda", block=512, alloc_conf="") for i in range(5)]
