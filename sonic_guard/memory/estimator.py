@@ -2,7 +2,9 @@
 
 Peak = max over stages of (weights resident during the stage + that stage's activation peak) + allocator overhead.
 Activation peaks are simulated once per shape and kept in the estimator's `StageCache`, so the planner's ladder
-and repeated questions cost nothing after the first time.
+and repeated questions cost nothing after the first time. Within simulations a `MetaOpMemo` answers repeated meta
+ops from recorded output metadata (same bytes, a fraction of the time), and with an `EstimateCache` the figures
+outlive the process: after a restart the first pre-flight reads them instead of building and running the models.
 """
 
 from __future__ import annotations
