@@ -444,3 +444,67 @@ def run_batch(balancer_url: str, pairs: Path, out_dir: Path, *, parallel: int, p
     for thread in watcher:
         thread.join(35)
     return BatchRecord(outcome, events, seconds, kill.get("name"), kill.get("at"), kill.get("down_after_s"))
+
+
+# --- the tenant gateway ----------------------------------------------------------------------------------------
+GATEWAY_CONFIG = FLEET_DOCS / "mimir-gateway.cfg"
+
+
+def gateway_tenant() -> str:
+    """The tenant docs/fleet/mimir-gateway.cfg sets (its `http-request set-header X-Scope-OrgID` line)."""
+    match = re.search(r"set-header X-Scope-OrgID (\S+)", GATEWAY_CONFIG.read_text())
+    if match is None:
+        raise ValueError(f"{GATEWAY_CONFIG} no longer sets X-Scope-OrgID")
+    return match.group(1)
+
+
+@dataclass
+class Gateway:
+    """docs/fleet/mimir-gateway.cfg run by HAProxy: pushes in on `port`, out to `upstream` with the tenant."""
+
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, workdir: Path, upstream_port: int) -> Gateway:
+        if HAPROXY is None:
+            raise RuntimeError("haproxy is not installed: run scripts/setup.sh (Debian package `haproxy`)")
+        workdir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        text = GATEWAY_CONFIG.read_text()
+        text, binds = re.subn(r"^(\s*)bind \S+", rf"\g<1>bind 127.0.0.1:{port}", text, flags=re.M)
+        text, servers = re.subn(r"^(\s*)server (\S+) \S+", rf"\g<1>server \g<2> 127.0.0.1:{upstream_port}", text,
+                                flags=re.M)
+        if (binds, servers) != (1, 1):
+            raise ValueError(f"{GATEWAY_CONFIG} no longer has one bind and one server line")
+        config_path = workdir / "gateway.cfg"
+        config_path.write_text(text)
+        log_path = workdir / "gateway.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen([HAPROXY, "-db", "-f", str(config_path)], stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        gateway = cls(process, port, log_path)
+
+        def listening() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"haproxy exited with {process.returncode}:\n{log_path.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                return False
+            return True
+
+        try:
+            wait_until(listening, 30, "the tenant gateway listening")
+        except BaseException:
+            gateway.stop()
+            raise
+        return gateway
+
+    def stop(self) -> None:
+        stop_process(self.process)
