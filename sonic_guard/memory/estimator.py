@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -83,6 +84,9 @@ class MemoryEstimator:
         self.models = MetaModels(self.configs)
         self.cache = StageCache()
         self.op_memo = MetaOpMemo()  # shared by every simulation of this estimator: repeated ops cost ~nothing
+        # The badge (a server thread) and the generator (the prompt worker) share one estimator: its meta modules
+        # are reconfigured per simulation (feed-forward chunking), so one estimate runs at a time.
+        self._lock = threading.Lock()
         self._fingerprint = self.configs.fingerprint()
         self._weights: dict[str, int] = {}  # "w:" names (see `_model_bytes`) -> resident bytes
         self._persistent = cache
@@ -206,7 +210,10 @@ class MemoryEstimator:
 
         exact=False allows the area-scaling fast path (default: the estimator's `area_scaling` setting).
         """
-        exact = (not self.area_scaling) if exact is None else exact
+        with self._lock:
+            return self._estimate(plan, free_bytes, (not self.area_scaling) if exact is None else exact)
+
+    def _estimate(self, plan: ExecutionPlan, free_bytes: int | None, exact: bool) -> MemoryEstimate:
         started = time.perf_counter()
         hits = 0
         scaled: list[str] = []
