@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
+from ..sonic_guard.errors import BadInputError
 from ..sonic_guard.memory.planner import POLICIES
 from ..sonic_guard.memory.presets import PRESET_CHOICES
+from ..sonic_guard.multi_device.devices import EXAMPLES as DEVICES_EXAMPLES
+from ..sonic_guard.multi_device.devices import check_devices_present, parse_devices
+from ..sonic_guard.settings import widget_number_problem
 from . import ids
 from .model_handle import SonicModelHandle, SonicModelType
 from .run_job import run_generate_node
@@ -53,6 +57,19 @@ def generation_widgets() -> list[io.Input]:
     ]
 
 
+def float_widget_problems(schema: io.Schema, values: dict[str, object]) -> bool | str:
+    """Queue-time check of the float widgets in `values` (None = linked, checked when it runs): True or why not.
+
+    A node that names an input in `validate_inputs` takes over ComfyUI's min/max check for it, so this checks
+    the declared range as well as NaN and infinity.
+    """
+    declared = {item.id: item for item in schema.inputs if isinstance(item, io.Float.Input)}
+    problems = [widget_number_problem(name, float(value), declared[name].min, declared[name].max)
+                for name, value in values.items() if value is not None and name in declared]
+    found = [problem for problem in problems if problem]
+    return " ".join(found) if found else True
+
+
 class Generate(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -81,6 +98,10 @@ class Generate(io.ComfyNode):
                                  "about 3 MB per frame at 512², 190 MB per second of video."),
                 io.String.Input("filename_prefix", default="sonic/talking",
                                 tooltip="Where the mp4 goes, inside ComfyUI's output folder."),
+                io.String.Input("devices", default="", optional=True,
+                                tooltip="Several devices for one video, e.g. " + DEVICES_EXAMPLES + ". One "
+                                "worker process per device; each denoising step's windows are split between them "
+                                "and the result equals the one-device run."),
             ],
             outputs=[
                 io.Video.Output("video", display_name="video", tooltip="The mp4 with audio (ComfyUI VIDEO)."),
@@ -96,6 +117,21 @@ class Generate(io.ComfyNode):
             ],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, duration=None, expand_ratio=None, dynamic_scale=None, motion_scale=None,
+                        smooth_motion=None, time_budget_s=None, segment_seconds=None, devices=None) -> bool | str:
+        floats = float_widget_problems(cls.define_schema(), {
+            "duration": duration, "expand_ratio": expand_ratio, "dynamic_scale": dynamic_scale,
+            "motion_scale": motion_scale, "smooth_motion": smooth_motion, "time_budget_s": time_budget_s,
+            "segment_seconds": segment_seconds})
+        if floats is not True or not devices:
+            return floats
+        try:  # a bad devices list is the user's to fix: its message goes back with the queue's answer
+            check_devices_present(parse_devices(str(devices)))
+        except BadInputError as error:
+            return str(error)
+        return True
 
     @classmethod
     def execute(cls, sonic_model: SonicModelHandle, image, audio, **widgets) -> io.NodeOutput:

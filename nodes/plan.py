@@ -7,7 +7,7 @@ import json
 from comfy_api.v0_0_2 import io
 
 from . import ids
-from .generate import generation_widgets
+from .generate import float_widget_problems, generation_widgets
 from .model_handle import SonicModelHandle, SonicModelType
 from .planning import estimator_for, plan_from_widgets
 
@@ -39,6 +39,13 @@ class Plan(io.ComfyNode):
             ],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, duration=None, expand_ratio=None, dynamic_scale=None, motion_scale=None,
+                        smooth_motion=None, time_budget_s=None) -> bool | str:
+        return float_widget_problems(cls.define_schema(), {
+            "duration": duration, "expand_ratio": expand_ratio, "dynamic_scale": dynamic_scale,
+            "motion_scale": motion_scale, "smooth_motion": smooth_motion, "time_budget_s": time_budget_s})
 
     @classmethod
     def execute(cls, sonic_model: SonicModelHandle | None = None, **widgets) -> io.NodeOutput:

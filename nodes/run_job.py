@@ -33,6 +33,7 @@ def settings_from_widgets(widgets: dict[str, Any]) -> GenerationSettings:
         motion_scale=float(widgets["motion_scale"]), seed=int(widgets["seed"]),
         lip_sync_correction=bool(widgets["lip_sync_correction"]), smooth_motion=float(widgets["smooth_motion"]),
         interpolation=str(widgets["interpolation"]), interpolation_fallback=str(widgets["rife_fallback"]),
+        devices=str(widgets.get("devices") or ""),
     )
 
 

@@ -263,6 +263,7 @@ def build_report(
     return {
         "outcome": "success",
         "device": str(device),
+        "sampling_devices": list(job.settings.device_list) or [str(device)],  # one worker per entry when several
         "policy": decision.policy,
         "free_bytes_before": room.free_bytes,
         "evictable_bytes_before": room.evictable_bytes,

@@ -81,6 +81,20 @@ class GenerationSettings:
         return parse_devices(self.devices)
 
 
+def widget_number_problem(name: str, value: float, low: float | None, high: float | None) -> str | None:
+    """Why a number typed into a widget cannot be used (NaN, infinite, outside its declared range), or None.
+
+    A node's queue-time validator calls this: ComfyUI's own range check cannot see NaN (every comparison with it
+    is false), and a prompt holding one would reach the history with a bare NaN that breaks the editor's JSON.
+    """
+    try:
+        _check_range(name, value, -math.inf if low is None else low, math.inf if high is None else high,
+                     "the range the node declares")
+    except BadInputError as error:
+        return str(error)
+    return None
+
+
 def _check_range(name: str, value: float, low: float, high: float, meaning: str) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise BadInputError(problem=f"{name} is {value}", expected=f"a finite number ({meaning})",

@@ -83,11 +83,12 @@ def rank_job(models: SonicModelSet, run_inputs, ranks: int, timeout_s: float = 1
 
 
 def live_workers() -> list[psutil.Process]:
-    """Spawned children of this process still alive (the multiprocessing resource tracker is not a worker)."""
+    """Rank worker processes started by this process and still alive."""
     workers = []
     for child in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):  # it may exit while we look: then it is gone, as wanted
-            if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+            command = " ".join(child.cmdline())
+            if "sonic_guard.multi_device.worker" in command and child.status() != psutil.STATUS_ZOMBIE:
                 workers.append(child)
     return workers
 

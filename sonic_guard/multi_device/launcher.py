@@ -2,6 +2,11 @@
 
 The parent is not a rank: it only watches. A worker that dies (killed, crashed driver, an exception) is seen
 within `poll_s`, the others are stopped, and the run fails with `RankFailedError`; nothing outlives the call.
+
+Workers are fresh interpreters running `python -m sonic_guard.multi_device.worker`, not multiprocessing
+children: inside ComfyUI, a spawned child would re-run ComfyUI's main script and could not import the pack by
+the file-path name ComfyUI gave it. They talk to the parent over an authenticated loopback connection
+(multiprocessing.connection), which carries the job in and progress, errors and the latents out.
 """
 
 from __future__ import annotations
@@ -9,22 +14,30 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import secrets
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection, Listener
+from pathlib import Path
 from typing import Any
 
 import torch
-import torch.multiprocessing as mp
 
 from ..errors import SonicGuardError
+from .channel import AUTHKEY_ENV, receive_plain, send_plain
 from .payload import RankJob
-from .worker import run_rank
 
 logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 5.0  # how long a worker gets to exit after SIGTERM before SIGKILL
 DEFAULT_TIMEOUT_S = 900.0  # init_process_group / collective timeout, and the longest wait without a message
+WORKER_MODULE = "sonic_guard.multi_device.worker"
+# the folder that holds the `sonic_guard` package: workers import the core by its own name from there
+CORE_PARENT = Path(__file__).resolve().parents[2]
 
 
 class RankFailedError(SonicGuardError):
@@ -45,6 +58,18 @@ def default_threads_per_rank(world_size: int) -> int:
     return max(1, (os.cpu_count() or 1) // world_size)
 
 
+def worker_command(rank: int, world_size: int, rendezvous_port: int, parent_port: int) -> list[str]:
+    return [sys.executable, "-m", WORKER_MODULE, "--rank", str(rank), "--world-size", str(world_size),
+            "--rendezvous-port", str(rendezvous_port), "--parent-port", str(parent_port)]
+
+
+def _worker_env(authkey: bytes) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(CORE_PARENT), *filter(None, [env.get("PYTHONPATH")])])
+    env[AUTHKEY_ENV] = authkey.hex()  # in the environment, not the command line other users can read
+    return env
+
+
 def sample_on_devices(
     job: RankJob, on_window: Callable[[int, int], None], *, poll_s: float = 0.1
 ) -> torch.Tensor:
@@ -54,30 +79,59 @@ def sample_on_devices(
     stops the workers and propagates.
     """
     world_size = len(job.devices)
-    context = mp.get_context("spawn")
-    messages = context.Queue()
+    authkey = secrets.token_bytes(32)
+    messages: queue.Queue = queue.Queue()
+    workers: list[subprocess.Popen] = []
     port = free_loopback_port()
-    plain = job.to_plain()
-    workers = [
-        context.Process(target=run_rank, args=(rank, world_size, port, plain, messages), daemon=True,
-                        name=f"sonic-rank-{rank}")
-        for rank in range(world_size)
-    ]
-    logger.info("sampling on %d ranks (%s), rendezvous on 127.0.0.1:%d", world_size, ",".join(job.devices), port)
+    with Listener(("127.0.0.1", 0), authkey=authkey) as listener:
+        threading.Thread(target=_serve, args=(listener, job.to_plain(), world_size, messages), daemon=True,
+                         name="sonic-rank-listener").start()
+        logger.info("sampling on %d ranks (%s), rendezvous on 127.0.0.1:%d", world_size, ",".join(job.devices),
+                    port)
+        try:
+            for rank in range(world_size):
+                workers.append(subprocess.Popen(worker_command(rank, world_size, port, listener.address[1]),
+                                                env=_worker_env(authkey), cwd=CORE_PARENT))
+            result = _watch(workers, messages, job, on_window, poll_s)
+            for worker in workers:
+                _wait(worker, STOP_GRACE_S)
+            return torch.from_numpy(result)
+        finally:
+            _reap(workers)
+
+
+def _serve(listener: Listener, plain_job: dict[str, Any], world_size: int, messages: queue.Queue) -> None:
+    """Accept each worker's connection, send it the job, and forward what it sends to `messages`."""
+    for _ in range(world_size):
+        try:
+            connection = listener.accept()
+        except (OSError, EOFError):  # the listener was closed: the run is over (or failed before all joined)
+            return
+        except Exception as exc:  # a wrong authkey or a stray connection: the run's watch reports the rank
+            logger.warning("a worker connection was refused: %s", exc)
+            continue
+        send_plain(connection, plain_job)
+        threading.Thread(target=_forward, args=(connection, messages), daemon=True,
+                         name="sonic-rank-reader").start()
+
+
+def _forward(connection: Connection, messages: queue.Queue) -> None:
+    with connection:
+        while True:
+            try:
+                messages.put(receive_plain(connection))
+            except (EOFError, OSError):  # the worker exited; its exit code tells the watch why
+                return
+
+
+def _wait(worker: subprocess.Popen, timeout_s: float) -> None:
     try:
-        for worker in workers:
-            worker.start()
-        result = _watch(workers, messages, job, on_window, poll_s)
-        for worker in workers:
-            worker.join(STOP_GRACE_S)
-        return torch.from_numpy(result)
-    finally:
-        _reap(workers)
-        messages.close()
-        messages.join_thread()
+        worker.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        pass  # _reap stops it
 
 
-def _watch(workers: list[Any], messages: Any, job: RankJob, on_window: Callable[[int, int], None],
+def _watch(workers: list[subprocess.Popen], messages: queue.Queue, job: RankJob, on_window: Callable[[int, int], None],
            poll_s: float) -> Any:
     last_message = time.monotonic()
     quiet_after_exit = 0
@@ -97,14 +151,14 @@ def _watch(workers: list[Any], messages: Any, job: RankJob, on_window: Callable[
                 # a rank whose peer was killed fails in the collective: name the dead peer, the root cause
                 raise _dead_peer(workers, job, message[1]) or _rank_error(job, *message[1:])
             continue
-        failed = [rank for rank, worker in enumerate(workers) if worker.exitcode not in (None, 0)]
+        failed = [rank for rank, worker in enumerate(workers) if worker.poll() not in (None, 0)]
         if failed:
-            killed = [rank for rank in failed if workers[rank].exitcode < 0]
+            killed = [rank for rank in failed if workers[rank].returncode < 0]
             if killed:  # the root cause: its peers then fail in the collective, or exit themselves
-                raise _death_error(job, killed[0], workers[killed[0]].exitcode)
-            raise _late_error(messages, workers, job) or _death_error(job, failed[0], workers[failed[0]].exitcode)
+                raise _death_error(job, killed[0], workers[killed[0]].returncode)
+            raise _late_error(messages, workers, job) or _death_error(job, failed[0], workers[failed[0]].returncode)
         # all exited cleanly: the result is in the pipe or never comes (wait ~1 s for it)
-        quiet_after_exit = quiet_after_exit + 1 if all(w.exitcode == 0 for w in workers) else 0
+        quiet_after_exit = quiet_after_exit + 1 if all(w.poll() == 0 for w in workers) else 0
         if quiet_after_exit * poll_s > 1.0:
             raise _death_error(job, 0, 0)
         if time.monotonic() - last_message > job.timeout_s:
@@ -116,19 +170,20 @@ def _watch(workers: list[Any], messages: Any, job: RankJob, on_window: Callable[
             )
 
 
-def _dead_peer(workers: list[Any], job: RankJob, reporter: int) -> RankFailedError | None:
+def _dead_peer(workers: list[subprocess.Popen], job: RankJob, reporter: int) -> RankFailedError | None:
     """The death error of another rank killed by a signal, if one is found within a moment."""
     deadline = time.monotonic() + 1.0
     while True:
         for rank, worker in enumerate(workers):
-            if rank != reporter and worker.exitcode is not None and worker.exitcode < 0:
-                return _death_error(job, rank, worker.exitcode)
+            code = worker.poll()
+            if rank != reporter and code is not None and code < 0:
+                return _death_error(job, rank, code)
         if time.monotonic() > deadline:
             return None
         time.sleep(0.05)
 
 
-def _late_error(messages: Any, workers: list[Any], job: RankJob) -> RankFailedError | None:
+def _late_error(messages: queue.Queue, workers: list[subprocess.Popen], job: RankJob) -> RankFailedError | None:
     """The error a rank reported just before exiting, if it arrives within a moment (it beats an exit code)."""
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
@@ -164,18 +219,16 @@ def _death_error(job: RankJob, rank: int, exitcode: int) -> RankFailedError:
     )
 
 
-def _reap(workers: list[Any]) -> None:
-    """Stop and join every started worker: SIGTERM, then SIGKILL after STOP_GRACE_S."""
-    started = [worker for worker in workers if worker.pid is not None]
-    for worker in started:
-        if worker.is_alive():
+def _reap(workers: list[subprocess.Popen]) -> None:
+    """Stop and wait for every started worker: SIGTERM, then SIGKILL after STOP_GRACE_S."""
+    for worker in workers:
+        if worker.poll() is None:
             worker.terminate()
     deadline = time.monotonic() + STOP_GRACE_S
-    for worker in started:
-        worker.join(max(0.0, deadline - time.monotonic()))
-        if worker.is_alive():
-            logger.warning("worker %s ignored SIGTERM; killing it", worker.name)
+    for worker in workers:
+        try:
+            worker.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.warning("worker %d ignored SIGTERM; killing it", worker.pid)
             worker.kill()
-            worker.join()
-    for worker in started:
-        worker.close()
+            worker.wait()

@@ -1,15 +1,21 @@
 """What one rank runs: join the process group, load the models from their folder, sample its share of windows.
 
-Messages to the parent (a multiprocessing queue): ("progress", done, total) from rank 0 after every window,
+Started by the launcher as `python -m sonic_guard.multi_device.worker --rank R ...`; it connects back to the
+parent (authkey in the environment), receives the job and sends messages over that connection:
+("progress", done, total) from rank 0 after every window,
 ("result", latents as a numpy array) from rank 0 at the end, ("error", rank, type name, message, traceback)
 from any rank that fails; a failing rank then exits non-zero.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import logging
+import os
+import sys
 import traceback
+from multiprocessing.connection import Client, Connection
 from typing import Any
 
 import torch
@@ -17,6 +23,7 @@ import torch.distributed as dist
 
 from ..models.checkpoints import load_sonic_models
 from ..runtime import RunHooks
+from .channel import AUTHKEY_ENV, receive_plain, send_plain
 from .exchange import CollectiveExchange
 from .payload import RankJob
 
@@ -65,3 +72,35 @@ def _sample(job: RankJob, rank: int, world_size: int, device: torch.device, mess
         seed=job.seed, on_window=on_window, anchor_latents=job.anchor_latents,
         exchange=CollectiveExchange(rank, world_size, device),
     )
+
+
+class ParentChannel:
+    """The connection to the parent, with the `put` the rank code sends through."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def put(self, message: tuple) -> None:
+        send_plain(self._connection, message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="One rank of a multi-device Sonic run (started by the pack).")
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--world-size", type=int, required=True)
+    parser.add_argument("--rendezvous-port", type=int, required=True)
+    parser.add_argument("--parent-port", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank {args.rank} %(name)s: %(message)s")
+    authkey = bytes.fromhex(os.environ.pop(AUTHKEY_ENV))
+    with Client(("127.0.0.1", args.parent_port), authkey=authkey) as connection:
+        plain_job = receive_plain(connection)
+        try:
+            run_rank(args.rank, args.world_size, args.rendezvous_port, plain_job, ParentChannel(connection))
+        except BaseException:  # already reported to the parent by run_rank; the exit code says it failed
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
