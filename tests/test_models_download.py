@@ -115,6 +115,15 @@ def test_interrupted_download_continues_in_the_next_run(hub: HubServer, tmp_path
     assert not (tmp_path / PARTIAL_FOLDER).exists()
 
 
+def test_a_partial_file_of_an_older_version_is_discarded(hub: HubServer, tmp_path: Path) -> None:
+    stale = tmp_path / PARTIAL_FOLDER / "Sonic" / "unet.pth.0000older0000.incomplete"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"not this version")
+    download(tmp_path, ["sonic"], endpoint=hub.url)
+    assert [r.range_start for r in hub.gets_of("Sonic/unet.pth")] == [0]
+    assert not (tmp_path / PARTIAL_FOLDER).exists()
+
+
 def test_check_download_resume_for_the_bench() -> None:
     assert check_download_resume() is True
 

@@ -30,6 +30,9 @@ def hub() -> Iterator[HubServer]:
 def server(hub: HubServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
     base = tmp_path_factory.mktemp("comfy_download")
     (base / "models" / "sonic").mkdir(parents=True)
+    # Listed as an SVD source by the loader (never read here): with it picked, the SVD folder is not needed.
+    (base / "models" / "checkpoints").mkdir(parents=True)
+    (base / "models" / "checkpoints" / "svd_xt.safetensors").write_bytes(b"")
     comfy = ComfyServer.start(base, extra_args=["--cache-none"], required_nodes=ALL_NODE_IDS,
                               env={"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"})
     try:
@@ -115,3 +118,21 @@ def test_editor_menu_action_downloads_and_shows_progress(server: ComfyServer) ->
     assert (dest / "whisper-tiny" / "model.safetensors").is_file()
     assert (dest / "stable-video-diffusion-img2vid-xt" / "vae" / "config.json").is_file()
     assert errors == [], errors
+
+
+def test_editor_skips_the_svd_folder_when_the_loader_reads_a_checkpoint(server: ComfyServer) -> None:
+    with editor_page(server.url) as page:
+        node_id = page.evaluate("""() => { const node = LiteGraph.createNode('SonicGuardModelLoader');
+            app.graph.add(node); node.widgets.find(w => w.name === 'svd_checkpoint').value = 'svd_xt.safetensors';
+            return node.id; }""")
+        page.evaluate("""(id) => { window.prompt = () => 'with-checkpoint';
+            const node = app.graph.getNodeById(id); const options = [];
+            node.getExtraMenuOptions(app.canvas, options);
+            options.find(o => o?.content === 'Download missing models').callback(); }""", node_id)
+        page.wait_for_function("(id) => app.graph.getNodeById(id).sonicGuardDownload?.state === 'done'",
+                               arg=node_id, timeout=120_000)
+        job = page.evaluate("(id) => app.graph.getNodeById(id).sonicGuardDownload", node_id)
+    assert job["what"] == ["sonic", "whisper"], job
+    dest = server.base / "models" / "sonic" / "with-checkpoint"
+    assert (dest / "whisper-tiny" / "config.json").is_file()
+    assert not (dest / "stable-video-diffusion-img2vid-xt").exists()

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 from ..errors import SonicGuardError
 
@@ -305,6 +306,9 @@ def _fetch(plan: DownloadPlan, f: PlannedFile, report: Callable[[int], None]) ->
                             "HF_ENDPOINT to a consistent mirror")
     partial = _partial_path(plan.dest, f.target, meta.etag)
     partial.parent.mkdir(parents=True, exist_ok=True)
+    for stale in partial.parent.glob(f"{Path(f.target).name}.*.incomplete"):  # an older version of the file
+        if stale != partial:
+            stale.unlink()
     resume = partial.stat().st_size if partial.exists() else 0
     if resume > f.size:  # not a prefix of this file: start over
         partial.unlink()
@@ -312,9 +316,12 @@ def _fetch(plan: DownloadPlan, f: PlannedFile, report: Callable[[int], None]) ->
     if resume:
         logger.info("resuming %s at byte %d of %d", f.target, resume, f.size)
     report(resume)
+    headers = build_hf_headers()
+    if urlsplit(meta.location).netloc != urlsplit(url).netloc:  # a CDN's signed URL: the token stays on the hub
+        headers.pop("authorization", None)
     with partial.open("ab") as raw:
         try:
-            http_get(meta.location, _CountingFile(raw, report), resume_size=resume, headers=build_hf_headers(),
+            http_get(meta.location, _CountingFile(raw, report), resume_size=resume, headers=headers,
                      expected_size=f.size, displayed_filename=f.target, tqdm_class=silent_tqdm)
         except _network_errors() as error:
             raw.flush()
@@ -415,11 +422,11 @@ class DownloadJobs:
 
 
 def _print_progress(progress: DownloadProgress, last: list[str]) -> None:
-    line = (f"[{progress.fraction:6.1%}] {progress.files_done}/{progress.files_total} files  {progress.file} "
-            f"{progress.file_bytes / 1e6:.1f}/{progress.file_total / 1e6:.1f} MB")
-    if progress.state == "downloading" and line[:8] + progress.file != last[0]:  # one line per percent and file
-        last[0] = line[:8] + progress.file
-        print(line, flush=True)  # noqa: T201 - the CLI's output
+    key = f"{int(progress.fraction * 100)}% {progress.file}"  # one line per whole percent, and per file
+    if progress.state == "downloading" and key != last[0]:
+        last[0] = key
+        print(f"[{progress.fraction:6.1%}] {progress.files_done}/{progress.files_total} files  {progress.file} "  # noqa: T201
+              f"{progress.file_bytes / 1e6:.1f}/{progress.file_total / 1e6:.1f} MB", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

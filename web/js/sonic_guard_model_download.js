@@ -6,6 +6,7 @@ import { api } from "../../../scripts/api.js";
 const LOADER = "SonicGuardModelLoader";
 const POLL_MS = 1000;
 const NO_MODELS = "(no Sonic models found)";
+const FROM_MODEL_FOLDER = "from the model folder"; // the loader's svd_checkpoint default
 
 function toast(severity, summary, detail) {
   const manager = app.extensionManager?.toast;
@@ -41,9 +42,22 @@ async function startDownload(node) {
   const suggested = current && current !== NO_MODELS && current !== "." ? current : "sonic";
   const folder = window.prompt("Download the missing Sonic, whisper-tiny and SVD-xt files into models/sonic/", suggested);
   if (!folder) return;
+  const look = await api.fetchApi(`/sonic/models/missing?folder=${encodeURIComponent(folder)}`);
+  const found = await look.json();
+  if (look.status !== 200) {
+    toast("error", "Sonic model download not started", found.error ?? `HTTP ${look.status}`);
+    return;
+  }
+  // VAE and image encoder read from an SVD checkpoint: the SVD folder is not needed.
+  const svdSource = node.widgets?.find((w) => w.name === "svd_checkpoint")?.value;
+  const what = found.missing.filter((part) => part !== "svd" || !svdSource || svdSource === FROM_MODEL_FOLDER);
+  if (what.length === 0) {
+    toast("info", "Sonic models complete", `models/sonic/${folder} already has every file`);
+    return;
+  }
   const response = await api.fetchApi("/sonic/models/download", {
     method: "POST",
-    body: JSON.stringify({ folder, what: null }),
+    body: JSON.stringify({ folder, what }),
   });
   const answer = await response.json();
   if (response.status !== 202) {
