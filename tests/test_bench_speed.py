@@ -34,7 +34,7 @@ def test_results_file_is_whole_with_every_headline_key(speed: dict) -> None:
     assert "bench/bench_speed.py --cpu" in speed["provenance"]["command"]
     for key in HEADLINE:
         assert key in speed, key
-    assert speed["gpu"] is None and speed["device"] == "cpu"
+    assert speed["complete"] is True and speed["gpu"] is None and speed["device"] == "cpu" and speed["gpu_reason"]
     # what only means something on a GPU is null, each with its reason
     for key in ("unet_fraction_of_peak", "levers_time_ratio"):
         assert speed[key] is None and speed["not_measured"][key]
