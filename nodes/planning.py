@@ -14,7 +14,13 @@ from ..sonic_guard.job import model_configs_from_folder, model_configs_of
 from ..sonic_guard.memory.estimator import MemoryEstimator
 from ..sonic_guard.memory.free_memory import device_label
 from ..sonic_guard.memory.model_specs import ModelConfigs
-from ..sonic_guard.memory.preflight import dtype_name, inputs_from_widgets, plan_dtype, verdict
+from ..sonic_guard.memory.preflight import (
+    dtype_name,
+    inputs_from_widgets,
+    plan_dtype,
+    preflight_estimator,
+    verdict,
+)
 from . import comfy_bridge as comfy
 from .services import services
 
@@ -30,8 +36,9 @@ def _estimator(configs: ModelConfigs) -> MemoryEstimator:
         # The allocator overhead fitted from this machine's past runs (labelled "uncalibrated" until there are some).
         calibration = services().history.calibration(device_label(device))
         fitted = calibration.source.startswith("history")
-        cache[key] = MemoryEstimator(configs, calibration if fitted else None,
-                                     device_type=device.type)
+        # its simulated figures persist beside the run history: the first badge after a restart simulates nothing
+        cache[key] = preflight_estimator(configs, device_type=device.type, history_path=services().history.path,
+                                         calibration=calibration if fitted else None)
     return cache[key]
 
 

@@ -1,18 +1,26 @@
-"""The parent <-> worker connection's wire format (plain pickle over an authenticated loopback socket)."""
+"""The parent <-> worker connection's wire format: torch.save bytes over an authenticated loopback socket.
+
+Read back with `weights_only=True` (tensors, numbers, strings, lists, dicts, tuples only), so even a forged
+message could not run code. Connection.send is not used: it pickles tensors with torch's fd-sharing reducers,
+which need a multiprocessing parent.
+"""
 
 from __future__ import annotations
 
-import pickle
+import io
 from multiprocessing.connection import Connection
 from typing import Any
+
+import torch
 
 AUTHKEY_ENV = "SONIC_GUARD_RANK_AUTHKEY"  # the connection's key travels in the environment, not the command line
 
 
 def send_plain(connection: Connection, value: Any) -> None:
-    """Plain pickle: Connection.send would use torch's fd-sharing reducers, which need a multiprocessing parent."""
-    connection.send_bytes(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    connection.send_bytes(buffer.getvalue())
 
 
 def receive_plain(connection: Connection) -> Any:
-    return pickle.loads(connection.recv_bytes())  # noqa: S301 - our own worker, authenticated connection
+    return torch.load(io.BytesIO(connection.recv_bytes()), weights_only=True)

@@ -95,7 +95,7 @@ def sample_on_devices(
             result = _watch(workers, messages, job, on_window, poll_s)
             for worker in workers:
                 _wait(worker, STOP_GRACE_S)
-            return torch.from_numpy(result)
+            return result
         finally:
             _reap(workers)
 

@@ -3,7 +3,7 @@
 Started by the launcher as `python -m sonic_guard.multi_device.worker --rank R ...`; it connects back to the
 parent (authkey in the environment), receives the job and sends messages over that connection:
 ("progress", done, total) from rank 0 after every window,
-("result", latents as a numpy array) from rank 0 at the end, ("error", rank, type name, message, traceback)
+("result", the latents tensor) from rank 0 at the end, ("error", rank, type name, message, traceback)
 from any rank that fails; a failing rank then exits non-zero.
 """
 
@@ -48,7 +48,7 @@ def run_rank(rank: int, world_size: int, port: int, plain_job: dict[str, Any], m
         finally:
             dist.destroy_process_group()
         if rank == 0:
-            messages.put(("result", latents.numpy()))
+            messages.put(("result", latents.contiguous()))
     except BaseException as exc:  # reported to the parent, then re-raised so the exit code says it failed
         messages.put(("error", rank, type(exc).__name__, str(exc), traceback.format_exc()))
         raise
