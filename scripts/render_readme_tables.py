@@ -91,8 +91,9 @@ def render_estimator(data: dict[str, Any]) -> list[str]:
     return table([
         ("simulation vs real CPU allocator peak (small SonicUNet)", f"{percent(data['cpu_max_rel_error'], sign=False)}"
                                                                     " max error"),
-        ("pre-flight, full-size model, 1024², cold / cached",
-         f"{data['preflight_cold_s']:g} s / {data['preflight_cached_s']:.3f} s"),
+        ("pre-flight, full-size model, 1024², fresh process: cold (of which imports) / after a restart / asked again",
+         f"{data['preflight_cold_s']:g} s ({data['preflight_cold_import_s']:g} s) / {data['preflight_restart_s']:.3f} s"
+         f" / {data['preflight_cached_s']:.4f} s"),
         (f"official settings, predicted peak at {squared(sizes)}",
          slash([p["official_plan"]["peak_gib"] for p in predictions], lambda v: f"{v:.2f}") + " GiB"),
         ("quality-neutral levers (no weight streaming), same sizes",
@@ -300,7 +301,55 @@ def render_real_inputs(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _by_size(data: dict[str, Any], key: str, fmt: Callable[[Any], str]) -> str:
+    values = data.get(key)
+    if values is None:
+        return not_measured(data.get("not_measured", {}).get(key))
+    return ", ".join(f"{size}²: {fmt(value)}" for size, value in values.items())
+
+
+SPEED_SIDES = (("official", "official"), ("ours", "ours"), ("ours_levers", "ours, every memory lever"))
+SPEED_STAGES = ("sampling", "decode", "interpolation", "encode")
+
+
+def _speed_cells(run: dict[str, Any], pick: Callable[[dict[str, Any]], str]) -> list[str]:
+    return [pick(run[side]) if run.get(side) else "not run" for side, _ in SPEED_SIDES]
+
+
+def render_speed(data: dict[str, Any]) -> list[str]:
+    lines = ["| " + " | ".join(["", *(title for _, title in SPEED_SIDES)]) + " |", "|---|---|---|---|"]
+    fraction = lambda v: percent(v, 1, sign=False)  # noqa: E731
+    for size, run in data["by_resolution"].items():
+        def cells(pick: Callable[[dict[str, Any]], str], run: dict[str, Any] = run) -> list[str]:
+            return _speed_cells(run, pick)
+
+        rows = [
+            (f"{size}²: end to end, s per s of video", cells(lambda r: f"{r['seconds_per_second_of_video']:g}")),
+            (f"{size}²: UNet s per 3-branch window", cells(lambda r: f"{r['unet']['seconds_per_unet_window']:.3g}")),
+            (f"{size}²: sampling / decode / interpolate / encode s",
+             cells(lambda r: slash([r["stage_seconds"].get(k, 0.0) for k in SPEED_STAGES], lambda v: f"{v:.2f}"))),
+            (f"{size}²: peak memory", cells(lambda r: f"{r['peak_memory']['peak_bytes'] / 2**30:.2f} GiB")),
+        ]
+        lines += ["| " + " | ".join([label, *values]) + " |" for label, values in rows]
+        outputs = run.get("outputs", {})
+        if outputs.get("official_vs_ours"):
+            lines.append(f"| {size}²: final latents, max abs difference | vs ours: "
+                         f"{outputs['official_vs_ours']['max_abs']:.2g} | (reference) | vs ours: "
+                         f"{outputs['ours_levers_vs_ours']['max_abs']:.2g} (our own fp32 noise) |")
+    lines += ["", *table([
+        ("speed-up vs official, end to end", _by_size(data, "speedup_vs_official", lambda v: f"{v:.2f}×")),
+        ("UNet fraction of the GPU's dense fp16/bf16 peak", _by_size(data, "unet_fraction_of_peak", fraction)),
+        ("every memory lever on / unconstrained time",
+         not_measured(data["not_measured"].get("levers_time_ratio")) if data.get("levers_time_ratio") is None
+         else f"{data['levers_time_ratio']:.2f}×"),
+        ("wall / (sampling + slowest of decode, interpolate, encode)",
+         _by_size(data, "wall_over_critical_path", lambda v: f"{v:.2f}")),
+    ])]
+    return lines
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "speed": render_speed,
     "estimator": render_estimator,
     "gpu": render_gpu,
     "memory_vs_duration": render_memory_vs_duration,
