@@ -1,6 +1,7 @@
 // Sonic Guard editor extension: a pre-flight memory badge on the generator, toasts for downgrades, OOM
 // recoveries and refusals, a live GPU memory readout, and a fixed seed on new generators. Official hooks only
-// (registerExtension, beforeRegisterNodeDef, nodeCreated, api events, the toast manager). The other sonic_guard_*.js files only export helpers.
+// (registerExtension, beforeRegisterNodeDef, nodeCreated, api events, the toast manager). The other
+// sonic_guard_*.js files export helpers, except sonic_guard_model_download.js (the loader's download action).
 import { app } from "../../../scripts/app.js";
 import { BADGE_NODES, installBadge } from "./sonic_guard_badge.js";
 import { installGpuReadout } from "./sonic_guard_readout.js";
