@@ -50,7 +50,8 @@ def _configs_for_folder(name: str | None) -> ModelConfigs:
     """The loader's folder, read from its config files; the full-size model when there is none or it is unreadable."""
     if name:
         try:
-            return model_configs_from_folder(comfy.resolve_model_root(name))
+            root = comfy.resolve_model_root(name)
+            return model_configs_from_folder(root, comfy.whisper_search(root))
         except (SonicGuardError, OSError, ValueError) as error:
             logger.info("planning for the full-size model: %s", error)
     return ModelConfigs.full_size()

@@ -32,7 +32,7 @@ from .memory.preflight import PreflightInputs, decide, dtype_name
 from .memory.recovery import next_rung_after_oom
 from .memory.report import RunReport
 from .memory.room import DeviceRoom
-from .models.checkpoint_paths import ModelPaths
+from .models.checkpoint_paths import ModelPaths, WhisperSearch
 from .models.checkpoints import AUDIO_TOKENS, SonicModelSet, read_unet_config
 from .pipeline import GenerationResult, generate
 from .runtime import ModelPlacer, OnAdjustment, RunHooks
@@ -113,10 +113,11 @@ def model_configs_of(models: SonicModelSet) -> ModelConfigs:
     )
 
 
-def model_configs_from_folder(root: Path) -> ModelConfigs:
+def model_configs_from_folder(root: Path, whisper: WhisperSearch | None = None) -> ModelConfigs:
     """The same configurations read from a model folder's config files, without loading any weights (the
-    editor's badge plans for the folder the loader points at)."""
-    paths = ModelPaths.from_root(root)
+    editor's badge plans for the folder the loader points at); `whisper` is where the loader found whisper-tiny
+    (default: beside the Sonic files, then the Hugging Face cache)."""
+    paths = ModelPaths.from_root(root, whisper=whisper)
 
     def read(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
