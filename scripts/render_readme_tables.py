@@ -348,7 +348,50 @@ def render_speed(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_fleet(data: dict[str, Any]) -> list[str]:
+    ranks = data["ranks"]["by_ranks"]
+    kill, load, remote = data["kill"], data.get("load", {}), data["remote_write"]
+    return table([
+        ("one video on 2 / 3 ranks (CPU, gloo) equals one process bit for bit",
+         f"{data['ranks_bitwise_equal']} ({slash([ranks[k]['speed_up_vs_single_process'] for k in sorted(ranks)])}"
+         "× one process: spawn + model load dominate this small clip)"),
+        ("speed-up per added GPU", not_measured(data.get("speed_up_per_added_rank_gpu_reason"))
+         if data.get("speed_up_per_added_rank_gpu") is None else str(data["speed_up_per_added_rank_gpu"])),
+        ("jobs submitted / finished / lost through HAProxy (2 workers)",
+         f"{data['jobs_submitted']} / {data['jobs_finished']} / {data['jobs_lost']}"),
+        (f"worker killed (SIGKILL) mid-batch of {kill['jobs']}",
+         f"{data['worker_killed_mid_batch']}: each job done once ({kill['done_once']}), "
+         f"{len(kill['jobs_retried_elsewhere'])} moved to the other worker, {kill['partial_files']} partial files; "
+         f"marked DOWN {kill['down_after_kill_s']} s after the kill ({kill['haproxy_check']})"),
+        (f"load test, {load.get('jobs', '?')} short jobs over 2 workers",
+         f"{data['throughput_jobs_per_minute']} jobs/min, p50 {data['latency_p50_s']} s, "
+         f"p95 {data['latency_p95_s']} s"),
+        ("pack series received by a remote-write receiver (Prometheus agent from docs/fleet.md)",
+         f"{data['remote_write_series_received']} in {remote['pushes']} pushes, tenant at the receiver: "
+         f"{', '.join(remote['tenant_at_receiver'])} (set by docs/fleet/mimir-gateway.cfg; the agent sent it: "
+         f"{remote['agent_sent_tenant_header']})"),
+    ]) + ["", data["note"] + "."]
+
+
+def render_native_models(data: dict[str, Any]) -> list[str]:
+    unet = data["unet_load"]
+    load = data["unet_load_s"]
+    unet_row = not_measured(unet.get("reason")) if load is None else (
+        f"{load['pth']:.2f} s / {load['safetensors']:.2f} s; RSS growth {unet['pth']['rss_growth_bytes'] / 1e9:.2f}"
+        f" / {unet['safetensors']['rss_growth_bytes'] / 1e9:.2f} GB (UNet width {unet['unet_width']:g})")
+    return table([
+        ("ComfyUI's svd_xt.safetensors vs the diffusers folder, max relative error (CLIP embeds, VAE mean, decode)",
+         f"{data['single_file_vs_folder_max_rel_error']:.2g} (bound 1e-3)"),
+        ("interrupted download resumes with a Range request, files byte-identical", str(data["download_resume_ok"])),
+        ("UNet load to fp16: unet.pth / unet.fp16.safetensors", unet_row),
+        ("ComfyUI's own video nodes around ours (real server, files decoded with PyAV)",
+         f"{data['interop_cases_passed']} / {data['interop_cases']} cases"),
+    ])
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "fleet": render_fleet,
+    "native_models": render_native_models,
     "speed": render_speed,
     "estimator": render_estimator,
     "gpu": render_gpu,
