@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from results_file import write_results  # noqa: E402  (bench/ is on sys.path: run as python bench/bench_estimator.py)
 
 from sonic_guard.memory.estimator import MemoryEstimator  # noqa: E402
-from sonic_guard.memory.model_specs import ModelConfigs  # noqa: E402
+from sonic_guard.memory.meta_models import ModelConfigs  # noqa: E402
 from sonic_guard.memory.plan import ExecutionPlan, RunRequest  # noqa: E402
 from sonic_guard.memory.planner import plan_run  # noqa: E402
 from sonic_guard.memory.validation import validate_unet_on_cpu  # noqa: E402
@@ -47,7 +47,7 @@ FRESH_PREFLIGHT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from sonic_guard.memory.estimate_cache import EstimateCache
     from sonic_guard.memory.estimator import MemoryEstimator
-    from sonic_guard.memory.model_specs import ModelConfigs
+    from sonic_guard.memory.meta_models import ModelConfigs
     from sonic_guard.memory.plan import RunRequest
     from sonic_guard.memory.planner import plan_run
     imported = time.time()

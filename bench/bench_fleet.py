@@ -31,7 +31,7 @@ for extra in (REPO, REPO / "tests", REPO / "scripts"):
 import fleet_harness as fleet  # noqa: E402
 import torch  # noqa: E402
 
-from sonic_guard.memory.calibration import TimeModel  # noqa: E402
+from sonic_guard.memory.fitted_corrections import TimeModel  # noqa: E402
 
 NO_GPU_REASON = ("no GPU is lent to this machine (torch.cuda.is_available() is False): the per-rank figure is the "
                  "CPU's, with gloo, 1 thread per rank, on a 2-core box shared with other work; each rank's time "
@@ -50,15 +50,15 @@ def ranks_check(models_dir: Path, speech: Path) -> dict[str, Any]:
     """The single-process latents against 2 and 3 gloo ranks (test_distributed_windows' clip), with times."""
     from conftest import portrait_rgb
 
-    from sonic_guard.audio_input import fit_duration, load_audio_file
-    from sonic_guard.face_detect import make_face_detector
-    from sonic_guard.image_prep import prepare_reference
+    from sonic_guard.conditioning.reference_image import prepare_reference
+    from sonic_guard.face.detection import make_face_detector
+    from sonic_guard.inputs.audio_loading import fit_duration, load_audio_file
     from sonic_guard.memory.plan import ExecutionPlan
     from sonic_guard.models.checkpoints import load_sonic_models
-    from sonic_guard.multi_device.launcher import sample_on_devices
-    from sonic_guard.multi_device.payload import RankJob
-    from sonic_guard.pipeline import clip_conditioning, default_placer, prepare_clip, sample_clip
-    from sonic_guard.runtime import RunHooks
+    from sonic_guard.runs.pipeline import clip_conditioning, default_placer, prepare_clip, sample_clip
+    from sonic_guard.runs.runtime import RunHooks
+    from sonic_guard.sampling.multi_device.launcher import sample_on_devices
+    from sonic_guard.sampling.multi_device.payload import RankJob
     from sonic_guard.settings import GenerationSettings
 
     cpu, steps, seed = torch.device("cpu"), 2, 11

@@ -57,13 +57,13 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from results_file import write_results  # noqa: E402  (bench/ is on sys.path: run as python bench/bench_gpu.py)
 
-from sonic_guard.audio_input import LoadedAudio, audio_from_comfy, fit_duration  # noqa: E402
+from sonic_guard.inputs.audio_loading import LoadedAudio, audio_from_comfy, fit_duration  # noqa: E402
 from sonic_guard.job import JobEnvironment, JobRequest, model_configs_of, run_job  # noqa: E402
 from sonic_guard.memory.estimator import MemoryEstimator  # noqa: E402
 from sonic_guard.memory.free_memory import device_memory_cap  # noqa: E402
 from sonic_guard.memory.history import RunHistory  # noqa: E402
 from sonic_guard.models.checkpoints import SonicModelSet, load_sonic_models  # noqa: E402
-from sonic_guard.runtime import DevicePlacer  # noqa: E402
+from sonic_guard.runs.runtime import DevicePlacer  # noqa: E402
 from sonic_guard.settings import GenerationSettings  # noqa: E402
 
 logger = logging.getLogger("bench_gpu")
@@ -334,7 +334,7 @@ class Bench:
                 "on_disk_gib": gib(on_disk), "unet_parameters": params, "dtype": str(dtype)}
 
     def phase_calibrate(self) -> dict[str, Any]:
-        from sonic_guard.memory.calibrate import calibrate_on_device
+        from sonic_guard.memory.allocator_calibration import calibrate_on_device
 
         if self.device.type != "cuda":
             return {"skipped": "allocator calibration needs CUDA"}
@@ -353,8 +353,8 @@ class Bench:
         }
 
     def phase_breakdown(self) -> dict[str, Any]:
-        from sonic_guard.memory.calibrate import run_window, unet_on_device
-        from sonic_guard.memory.model_specs import ModelConfigs
+        from sonic_guard.memory.allocator_calibration import run_window, unet_on_device
+        from sonic_guard.memory.meta_models import ModelConfigs
         from sonic_guard.memory.plan import ExecutionPlan
 
         if self.device.type != "cuda":
@@ -405,10 +405,10 @@ class Bench:
     def phase_tightness(self) -> list[dict[str, Any]]:
         from skimage import data
 
+        from sonic_guard.conditioning.reference_image import prepare_reference
         from sonic_guard.face import make_face_detector
-        from sonic_guard.image_prep import prepare_reference
         from sonic_guard.memory.plan import ExecutionPlan
-        from sonic_guard.pipeline import generate
+        from sonic_guard.runs.pipeline import generate
 
         models = self.ensure_models()
         estimator = MemoryEstimator(model_configs_of(models), device_type=self.device.type)

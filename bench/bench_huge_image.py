@@ -27,8 +27,8 @@ from results_file import write_results  # bench/ is on sys.path: run as python b
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sonic_guard.conditioning.reference_image import prepare_reference  # noqa: E402
 from sonic_guard.face import OpenCvFaceDetector, detect_faces  # noqa: E402
-from sonic_guard.image_prep import prepare_reference  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "huge_image.json"
 SIZES = {"2K": (1080, 1920), "4K": (2160, 3840), "8K": (4320, 7680)}  # (height, width)

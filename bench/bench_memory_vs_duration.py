@@ -72,12 +72,12 @@ def child(args: argparse.Namespace) -> dict:
     import torch
     from skimage import data
 
-    from sonic_guard.audio_input import fit_duration, load_audio_file
+    from sonic_guard.conditioning.reference_image import prepare_reference
     from sonic_guard.face import make_face_detector
-    from sonic_guard.image_prep import prepare_reference
+    from sonic_guard.inputs.audio_loading import fit_duration, load_audio_file
     from sonic_guard.memory.plan import ExecutionPlan
     from sonic_guard.models.checkpoints import load_sonic_models
-    from sonic_guard.pipeline import generate
+    from sonic_guard.runs.pipeline import generate
     from sonic_guard.settings import GenerationSettings
 
     torch.set_num_threads(args.threads)
@@ -159,7 +159,7 @@ def main() -> int:
         "target": {"host_ram_ratio_max": 1.2},
         "runs": runs,
         "settings": {"model": "small random model (sonic_guard.models.tiny), official layout",
-                     "path": "sonic_guard.pipeline.generate (one clip, not segmented)",
+                     "path": "sonic_guard.runs.pipeline.generate (one clip, not segmented)",
                      "resolution": args.resolution, "steps": args.steps, "interpolation": args.interpolation,
                      "torch_threads": args.threads},
     }

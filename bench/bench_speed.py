@@ -54,14 +54,14 @@ from speed_official import (  # noqa: E402
     timed_official_stages,
 )
 
-from sonic_guard.audio_input import load_audio_file  # noqa: E402
+from sonic_guard.conditioning.reference_image import prepare_reference  # noqa: E402
 from sonic_guard.face import make_face_detector  # noqa: E402
-from sonic_guard.image_prep import prepare_reference  # noqa: E402
+from sonic_guard.inputs.audio_loading import load_audio_file  # noqa: E402
 from sonic_guard.memory.plan import ExecutionPlan, frame_size  # noqa: E402
 from sonic_guard.models.checkpoints import SonicModelSet, load_sonic_models  # noqa: E402
-from sonic_guard.pipeline import WINDOW_FRAMES, generate  # noqa: E402
-from sonic_guard.runtime import DevicePlacer  # noqa: E402
-from sonic_guard.sampler import initial_noise  # noqa: E402
+from sonic_guard.runs.pipeline import WINDOW_FRAMES, generate  # noqa: E402
+from sonic_guard.runs.runtime import DevicePlacer  # noqa: E402
+from sonic_guard.sampling.sampler import initial_noise  # noqa: E402
 from sonic_guard.settings import GenerationSettings  # noqa: E402
 
 logger = logging.getLogger("bench_speed")

@@ -79,7 +79,7 @@ def _omegaconf_stand_in() -> types.ModuleType:
 
 def _librosa_stand_in() -> types.ModuleType:
     """`librosa.load(path, sr=16000)` through our decoder: the same 16 kHz samples our pipeline gets."""
-    from sonic_guard.audio_input import load_audio_file
+    from sonic_guard.inputs.audio_loading import load_audio_file
 
     module = types.ModuleType("librosa")
 
@@ -137,7 +137,7 @@ class SameFaceBox:
         self.detector = make_face_detector(None)
 
     def __call__(self, image_bgr: np.ndarray, maxface: bool = True) -> tuple[None, None, list[list[float]]]:
-        from sonic_guard.image_prep import detect_main_face
+        from sonic_guard.conditioning.reference_image import detect_main_face
 
         face, _, _ = detect_main_face(np.ascontiguousarray(image_bgr[:, :, ::-1]), self.detector)
         return None, None, [[float(face.x1), float(face.y1), float(face.width), float(face.height)]]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..sonic_guard.errors import BadInputError, CheckpointError
+from ..sonic_guard.inputs.safe_paths import resolve_user_path
 from ..sonic_guard.memory.free_memory_cap import capped_free_memory, free_memory_cap
 from ..sonic_guard.memory.plan import MemoryEstimate
 from ..sonic_guard.memory.room import (
@@ -32,7 +33,6 @@ from ..sonic_guard.memory.room import (
 )
 from ..sonic_guard.models.checkpoint_paths import SINGLE_FILE_SUFFIXES, WhisperSearch, find_whisper
 from ..sonic_guard.models.weight_streaming import stream_weights
-from ..sonic_guard.paths import resolve_user_path
 
 logger = logging.getLogger(__name__)
 

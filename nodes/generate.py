@@ -7,12 +7,12 @@ from comfy_api.v0_0_2 import io
 from ..sonic_guard.errors import BadInputError
 from ..sonic_guard.memory.planner import POLICIES
 from ..sonic_guard.memory.presets import PRESET_CHOICES
-from ..sonic_guard.multi_device.devices import EXAMPLES as DEVICES_EXAMPLES
-from ..sonic_guard.multi_device.devices import check_devices_present, parse_devices
+from ..sonic_guard.sampling.multi_device.devices import EXAMPLES as DEVICES_EXAMPLES
+from ..sonic_guard.sampling.multi_device.devices import check_devices_present, parse_devices
 from ..sonic_guard.settings import widget_number_problem
 from . import ids
+from .generate_call import run_generate_node
 from .model_handle import SonicModelHandle, SonicModelType
-from .run_job import run_generate_node
 
 
 def generation_widgets() -> list[io.Input]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..sonic_guard.audio_input import AUDIO_NOTES_KEY, load_audio_file
+from ..sonic_guard.inputs.audio_loading import AUDIO_NOTES_KEY, load_audio_file
 from . import ids
 from .comfy_bridge import input_file, input_files, validate_input_file
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..sonic_guard.image_input import IMAGE_EXTENSIONS, load_image_file
+from ..sonic_guard.inputs.image_loading import IMAGE_EXTENSIONS, load_image_file
 from . import ids
 from .comfy_bridge import input_file, input_files, validate_input_file
 

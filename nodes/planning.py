@@ -13,7 +13,7 @@ from ..sonic_guard.errors import SonicGuardError
 from ..sonic_guard.job import model_configs_from_folder, model_configs_of
 from ..sonic_guard.memory.estimator import MemoryEstimator
 from ..sonic_guard.memory.free_memory import device_label
-from ..sonic_guard.memory.model_specs import ModelConfigs
+from ..sonic_guard.memory.meta_models import ModelConfigs
 from ..sonic_guard.memory.preflight import (
     dtype_name,
     inputs_from_widgets,

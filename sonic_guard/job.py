@@ -16,16 +16,14 @@ from typing import Any
 
 import torch
 
-from .audio_input import LoadedAudio
+from .conditioning.reference_image import PreparedReference, prepare_reference
 from .face import make_face_detector
-from .guarded_run import OomRetry, run_with_oom_recovery
-from .image_prep import PreparedReference, prepare_reference
-from .long_audio import generate_segmented
-from .memory.calibration import cfg_call_batches
+from .inputs.audio_loading import LoadedAudio
 from .memory.estimator import MemoryEstimator
+from .memory.fitted_corrections import cfg_call_batches
 from .memory.free_memory import device_label
 from .memory.history import RunHistory
-from .memory.model_specs import ModelConfigs
+from .memory.meta_models import ModelConfigs
 from .memory.plan import ExecutionPlan, MemoryEstimate
 from .memory.planner import PlanDecision
 from .memory.preflight import PreflightInputs, decide, dtype_name
@@ -34,9 +32,11 @@ from .memory.report import RunReport
 from .memory.room import DeviceRoom
 from .models.checkpoint_paths import ModelPaths, WhisperSearch
 from .models.checkpoints import AUDIO_TOKENS, SonicModelSet, read_unet_config
-from .pipeline import GenerationResult, generate
-from .runtime import ModelPlacer, OnAdjustment, RunHooks
-from .segment_inputs import segment_frames_for
+from .runs.guarded_run import OomRetry, run_with_oom_recovery
+from .runs.long_audio import generate_segmented
+from .runs.pipeline import GenerationResult, generate
+from .runs.runtime import ModelPlacer, OnAdjustment, RunHooks
+from .runs.segment_inputs import segment_frames_for
 from .settings import GenerationSettings
 
 logger = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .conditioning.reference_image import MIN_RESOLUTION_RANGE
 from .errors import BadInputError
-from .image_prep import MIN_RESOLUTION_RANGE
-from .multi_device.devices import parse_devices
+from .sampling.multi_device.devices import parse_devices
 
 INTERPOLATION_MODES = ("rife", "blend", "none")
 STEPS_RANGE = (1, 100)

@@ -74,9 +74,9 @@ def start_examples_server(base: Path, tiny_models: Path | None = None) -> ComfyS
 def opencv_faces(name: str) -> list[dict]:
     """What the fallback detector (OpenCV, used when yoloface_v5m.pt is absent) finds in an example picture, in
     pixels of the picture as loaded (EXIF applied), largest first."""
-    from sonic_guard.face_detect import detect_faces
-    from sonic_guard.face_opencv import OpenCvFaceDetector
-    from sonic_guard.image_input import load_image_file
+    from sonic_guard.face.detection import detect_faces
+    from sonic_guard.face.opencv_detector import OpenCvFaceDetector
+    from sonic_guard.inputs.image_loading import load_image_file
 
     picture, _ = load_image_file(IMAGES / name)
     faces = sorted(detect_faces(picture, OpenCvFaceDetector()), key=lambda f: -f.area)

@@ -72,7 +72,7 @@ _LOADER = """
 import json, shutil, sys
 from pathlib import Path
 import numpy as np
-from sonic_guard.audio_input import load_audio_file
+from sonic_guard.inputs.audio_loading import load_audio_file
 found = {tool: shutil.which(tool) for tool in ("ffmpeg", "ffprobe", "avconv")}
 out = {"found": found}
 for arg in sys.argv[1:]:
@@ -151,8 +151,8 @@ def test_truncated_wav_noted_without_ffmpeg(encoded: tuple[Path, dict[str, Path]
 
 def test_nan_in_a_float_wav_is_refused(tmp_path: Path) -> None:
     # Decoding to float keeps NaN/Inf as they are, so the check after decoding sees them (no silent clicks).
-    from sonic_guard.audio_input import load_audio_file
     from sonic_guard.errors import BadAudioError
+    from sonic_guard.inputs.audio_loading import load_audio_file
 
     tone = (0.5 * np.sin(np.arange(16000) / 5.0)).astype(np.float32)
     tone[100:103] = np.nan

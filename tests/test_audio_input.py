@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from sonic_guard.audio_input import AUDIO_NOTES_KEY, LoadedAudio, audio_from_comfy, fit_duration, load_audio_file
 from sonic_guard.errors import BadAudioError, BadInputError
+from sonic_guard.inputs.audio_loading import (
+    AUDIO_NOTES_KEY,
+    LoadedAudio,
+    audio_from_comfy,
+    fit_duration,
+    load_audio_file,
+)
 
 pytestmark = [
     pytest.mark.skipif(

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKLTemporalDecoder
 
-from sonic_guard.decode import SVD_LATENT_SCALE, decode_stream, vae_chunk_decoder
+from sonic_guard.video.decode import SVD_LATENT_SCALE, decode_stream, vae_chunk_decoder
 
 
 @pytest.fixture(scope="module")

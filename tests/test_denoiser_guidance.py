@@ -10,16 +10,16 @@ import torch
 from numerics import FLOAT32_EPS, fp32_tolerance, output_scale
 from torch import nn
 
-from sonic_guard.denoiser import (
+from sonic_guard.conditioning.audio_features import AudioFeatures
+from sonic_guard.models.audio_adapters import AudioTokenProjector, MotionBucketPredictor
+from sonic_guard.models.unet import SVD_XT_UNET_CONFIG, build_sonic_unet
+from sonic_guard.sampling.denoiser import (
     ClipConditioning,
     compute_audio_tokens,
     compute_frame_buckets,
     make_denoise_window,
 )
-from sonic_guard.features import AudioFeatures
-from sonic_guard.models.audio_adapters import AudioTokenProjector, MotionBucketPredictor
-from sonic_guard.models.unet import SVD_XT_UNET_CONFIG, build_sonic_unet
-from sonic_guard.sampler import combine_guidance, sample_latents, scale_model_input
+from sonic_guard.sampling.sampler import combine_guidance, sample_latents, scale_model_input
 
 C, D, T = 16, 64, 4  # whisper channels, cross-attention dim, audio tokens per frame
 LATENT = 8

@@ -22,8 +22,8 @@ from hardening_cases import quick_prompt
 from hardening_server import execution_error_of, run_prompt
 
 from sonic_guard.errors import DiskFullError, SonicGuardError
-from sonic_guard.segments import MANIFEST_NAME, Segment, SegmentJob, SegmentOutput, plan_segments, stitch_videos
-from sonic_guard.video_writer import StreamingVideoWriter, is_disk_full
+from sonic_guard.runs.segments import MANIFEST_NAME, Segment, SegmentJob, SegmentOutput, plan_segments, stitch_videos
+from sonic_guard.video.writer import StreamingVideoWriter, is_disk_full
 
 SIZE = 128
 DISK_BYTES = 2 * 2**20

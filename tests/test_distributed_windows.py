@@ -16,18 +16,18 @@ import pytest
 import torch
 from conftest import portrait_rgb
 
-from sonic_guard.audio_input import fit_duration, load_audio_file
-from sonic_guard.denoiser import ClipConditioning
+from sonic_guard.conditioning.reference_image import prepare_reference
 from sonic_guard.errors import BadInputError
-from sonic_guard.face_detect import make_face_detector
-from sonic_guard.image_prep import prepare_reference
+from sonic_guard.face.detection import make_face_detector
+from sonic_guard.inputs.audio_loading import fit_duration, load_audio_file
 from sonic_guard.memory.plan import ExecutionPlan
 from sonic_guard.models.checkpoints import SonicModelSet, load_sonic_models
-from sonic_guard.multi_device.devices import check_devices_present, parse_devices
-from sonic_guard.multi_device.launcher import RankFailedError, default_threads_per_rank, sample_on_devices
-from sonic_guard.multi_device.payload import RankJob
-from sonic_guard.pipeline import clip_conditioning, default_placer, prepare_clip, sample_clip, windows_per_step
-from sonic_guard.runtime import RunHooks
+from sonic_guard.runs.pipeline import clip_conditioning, default_placer, prepare_clip, sample_clip, windows_per_step
+from sonic_guard.runs.runtime import RunHooks
+from sonic_guard.sampling.denoiser import ClipConditioning
+from sonic_guard.sampling.multi_device.devices import check_devices_present, parse_devices
+from sonic_guard.sampling.multi_device.launcher import RankFailedError, default_threads_per_rank, sample_on_devices
+from sonic_guard.sampling.multi_device.payload import RankJob
 from sonic_guard.settings import GenerationSettings
 
 STEPS = 2
@@ -88,7 +88,7 @@ def live_workers() -> list[psutil.Process]:
     for child in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):  # it may exit while we look: then it is gone, as wanted
             command = " ".join(child.cmdline())
-            if "sonic_guard.multi_device.worker" in command and child.status() != psutil.STATUS_ZOMBIE:
+            if "sonic_guard.sampling.multi_device.worker" in command and child.status() != psutil.STATUS_ZOMBIE:
                 workers.append(child)
     return workers
 

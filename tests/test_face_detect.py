@@ -19,7 +19,7 @@ from sonic_guard.face import (
     find_main_face,
     make_face_detector,
 )
-from sonic_guard.face_opencv import work_scale
+from sonic_guard.face.opencv_detector import work_scale
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 
 from sonic_guard.errors import CheckpointError
 from sonic_guard.face import YoloFaceDetector, detect_faces, make_face_detector
-from sonic_guard.face_yolo import decode_predictions, make_grids, yolo_input_size
+from sonic_guard.face.yolo_detector import decode_predictions, make_grids, yolo_input_size
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -12,8 +12,8 @@ from scipy.signal import resample_poly
 from torch import nn
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
+from sonic_guard.conditioning.audio_features import AudioFeatures, extract_audio_features
 from sonic_guard.errors import BadAudioError
-from sonic_guard.features import AudioFeatures, extract_audio_features
 
 C = 64
 

@@ -36,11 +36,11 @@ def test_nothing_unpickles_directly() -> None:
 
 def test_torchscript_is_loaded_only_from_the_model_folder(tmp_path: Path) -> None:
     jit_loads = _calls("torch.jit.load")
-    assert [path.name for path, _ in jit_loads] == ["face_yolo.py"]
+    assert [path.name for path, _ in jit_loads] == ["yolo_detector.py"]
     # The detector's path comes from the model folder's layout, nothing else.
     (tmp_path / "yoloface_v5m.pt").write_bytes(b"x")
     assert ModelPaths.from_root(tmp_path).yoloface == tmp_path / "yoloface_v5m.pt"
     users = [path.name for path in PACK_SOURCES if "YoloFaceDetector(" in path.read_text(encoding="utf-8")]
-    assert sorted(users) == ["face_detect.py"], users
+    assert sorted(users) == ["detection.py"], users
     source = (REPO / "sonic_guard" / "job.py").read_text(encoding="utf-8")
     assert "make_face_detector(models.face_detector_path)" in source

@@ -11,7 +11,7 @@ from PIL import Image
 from skimage import data
 
 from sonic_guard.errors import BadImageError
-from sonic_guard.image_input import load_image_file
+from sonic_guard.inputs.image_loading import load_image_file
 
 
 def _png_bytes(array: np.ndarray) -> bytes:

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from skimage import data
 
+from sonic_guard.conditioning.reference_image import clip_pixels, prepare_reference, resized_size
 from sonic_guard.errors import BadImageError, BadInputError, NoFaceError
 from sonic_guard.face import FaceBox, OpenCvFaceDetector, crop_box, detect_faces, face_mask, face_mask_box
-from sonic_guard.image_prep import clip_pixels, prepare_reference, resized_size
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

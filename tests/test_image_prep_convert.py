@@ -9,7 +9,7 @@ from PIL import Image
 from skimage import data
 
 from sonic_guard.errors import BadImageError
-from sonic_guard.image_convert import to_rgb_uint8
+from sonic_guard.inputs.image_convert import to_rgb_uint8
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from sonic_guard.errors import BadInputError
-from sonic_guard.interpolate import (
+from sonic_guard.models.rife import IFNet
+from sonic_guard.video.interpolate import (
     choose_mode,
     frames_for_duration,
     interpolate_stream,
@@ -17,7 +18,6 @@ from sonic_guard.interpolate import (
     output_frame_count,
     pad_to_frame_count,
 )
-from sonic_guard.models.rife import IFNet
 
 
 def _frames(count: int, size: int = 8) -> list[torch.Tensor]:

@@ -11,13 +11,13 @@ import pytest
 import torch
 from conftest import portrait_rgb
 
-from sonic_guard.audio_input import fit_duration, load_audio_file
 from sonic_guard.errors import OutOfMemoryAfterRetriesError
+from sonic_guard.inputs.audio_loading import fit_duration, load_audio_file
 from sonic_guard.job import JobEnvironment, JobRequest, model_configs_of, run_job
 from sonic_guard.memory.estimator import MemoryEstimator
 from sonic_guard.memory.plan import ExecutionPlan
 from sonic_guard.models.checkpoints import load_sonic_models
-from sonic_guard.runtime import RunHooks, StageClock
+from sonic_guard.runs.runtime import RunHooks, StageClock
 from sonic_guard.settings import GenerationSettings
 
 GIB = 2**30

@@ -11,14 +11,14 @@ import pytest
 from scipy.io import wavfile
 from scipy.signal import resample_poly
 
-from sonic_guard.lipsync import (
+from sonic_guard.video.lipsync import (
     MouthMotionMeter,
     OffsetEstimate,
     measure_av_offset,
     mouth_box_from_face,
     mouth_motion_energy,
 )
-from sonic_guard.video_writer import StreamingVideoWriter
+from sonic_guard.video.writer import StreamingVideoWriter
 
 FPS = 25
 SIZE = 64

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sonic_guard.conditioning.audio_features import AudioFeatures
 from sonic_guard.errors import BadInputError
-from sonic_guard.features import AudioFeatures
-from sonic_guard.sampler import sample_latents
-from sonic_guard.segment_inputs import features_for_frames, segment_frames_for
+from sonic_guard.runs.segment_inputs import features_for_frames, segment_frames_for
+from sonic_guard.sampling.sampler import sample_latents
 
 H = W = 4
 

@@ -16,15 +16,15 @@ import pytest
 import torch
 from conftest import portrait_rgb, speak
 
-from sonic_guard.audio_input import fit_duration, load_audio_file
+from sonic_guard.conditioning.reference_image import prepare_reference
 from sonic_guard.face import make_face_detector
-from sonic_guard.image_prep import prepare_reference
-from sonic_guard.long_audio import generate_segmented
+from sonic_guard.inputs.audio_loading import fit_duration, load_audio_file
 from sonic_guard.memory.plan import ExecutionPlan
 from sonic_guard.models.checkpoints import SonicModelSet, load_sonic_models
-from sonic_guard.pipeline import windows_per_step
-from sonic_guard.runtime import RunHooks
-from sonic_guard.segments import plan_segments
+from sonic_guard.runs.long_audio import generate_segmented
+from sonic_guard.runs.pipeline import windows_per_step
+from sonic_guard.runs.runtime import RunHooks
+from sonic_guard.runs.segments import plan_segments
 from sonic_guard.settings import GenerationSettings
 
 SECONDS = 3.0

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sonic_guard.memory import stages
-from sonic_guard.memory.calibration import AllocatorCalibration
+from sonic_guard.memory import stage_simulation as stages
 from sonic_guard.memory.estimate_cache import (
     CACHE_FORMAT,
     EstimateCache,
@@ -27,7 +26,8 @@ from sonic_guard.memory.estimate_cache import (
     scope_id,
 )
 from sonic_guard.memory.estimator import MemoryEstimator
-from sonic_guard.memory.model_specs import MetaModels, ModelConfigs
+from sonic_guard.memory.fitted_corrections import AllocatorCalibration
+from sonic_guard.memory.meta_models import MetaModels, ModelConfigs
 from sonic_guard.memory.plan import ExecutionPlan
 from sonic_guard.memory.preflight import comparable, decide, inputs_from_widgets
 
@@ -204,10 +204,10 @@ def test_concurrent_writers_never_leave_a_torn_file(tmp_path: Path, caplog) -> N
 
 RESTART = textwrap.dedent("""
     import json, sys
-    from sonic_guard.memory.calibration import AllocatorCalibration
+    from sonic_guard.memory.fitted_corrections import AllocatorCalibration
     from sonic_guard.memory.estimate_cache import EstimateCache
     from sonic_guard.memory.estimator import MemoryEstimator
-    from sonic_guard.memory.model_specs import ModelConfigs
+    from sonic_guard.memory.meta_models import ModelConfigs
     from sonic_guard.memory.preflight import decide, inputs_from_widgets
     estimator = MemoryEstimator(ModelConfigs.tiny(), AllocatorCalibration(fixed_bytes=0, fragmentation=0.0),
                                 device_type="cuda", allocator="native", cache=EstimateCache(sys.argv[1]))

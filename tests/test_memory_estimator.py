@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sonic_guard.memory.calibration import AllocatorCalibration
 from sonic_guard.memory.estimator import ALL_MODELS, STAGE_MODELS, MemoryEstimator, estimate_peak
-from sonic_guard.memory.model_specs import ModelConfigs
+from sonic_guard.memory.fitted_corrections import AllocatorCalibration
+from sonic_guard.memory.meta_models import ModelConfigs
 from sonic_guard.memory.plan import ExecutionPlan
 
 

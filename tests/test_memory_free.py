@@ -9,7 +9,7 @@ import torch
 from sonic_guard.memory.attention_model import device_attention_backends
 from sonic_guard.memory.estimator import MemoryEstimator
 from sonic_guard.memory.free_memory import probe_from_callable, torch_free_memory
-from sonic_guard.memory.model_specs import ModelConfigs
+from sonic_guard.memory.meta_models import ModelConfigs
 from sonic_guard.memory.planner import usable_bytes
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sonic_guard.memory.calibrate import calibrate_on_device
+from sonic_guard.memory.allocator_calibration import calibrate_on_device
 from sonic_guard.memory.cli import main
 from sonic_guard.memory.history import RunHistory
 from sonic_guard.memory.report import RunReport
@@ -108,7 +108,7 @@ def test_device_calibration_refuses_without_cuda(tmp_path: Path) -> None:
 
 
 def test_calibration_fit_without_a_usable_line_covers_every_run() -> None:
-    from sonic_guard.memory.calibration import AllocatorCalibration
+    from sonic_guard.memory.fitted_corrections import AllocatorCalibration
 
     # needed/activation falls with size (cudaMallocAsync on an H100): no line with slope >= 1 fits
     samples = [(int(a * GIB), int(n * GIB)) for a, n in ((0.92, 0.985), (2.15, 2.24), (3.88, 3.92))]

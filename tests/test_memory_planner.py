@@ -7,10 +7,10 @@ from dataclasses import replace
 import pytest
 
 from sonic_guard.errors import BadInputError, MemoryPlanError
-from sonic_guard.memory.calibration import AllocatorCalibration, TimeModel
 from sonic_guard.memory.estimator import MemoryEstimator
+from sonic_guard.memory.fitted_corrections import AllocatorCalibration, TimeModel
 from sonic_guard.memory.levers import LEVER_ORDER
-from sonic_guard.memory.model_specs import ModelConfigs
+from sonic_guard.memory.meta_models import ModelConfigs
 from sonic_guard.memory.plan import ExecutionPlan, RunRequest, frame_size
 from sonic_guard.memory.planner import PlanDecision, plan_run, usable_bytes
 from sonic_guard.memory.presets import preset_request, resolve_preset

@@ -9,13 +9,13 @@ import pytest
 import torch
 from conftest import portrait_rgb
 
+from sonic_guard.conditioning.reference_image import prepare_reference
 from sonic_guard.errors import BadInputError, MemoryPlanError
 from sonic_guard.face import make_face_detector
-from sonic_guard.image_prep import prepare_reference
 from sonic_guard.job import preflight_inputs
-from sonic_guard.memory.calibration import AllocatorCalibration, TimeModel, cfg_call_batches
 from sonic_guard.memory.estimator import MemoryEstimator
-from sonic_guard.memory.model_specs import ModelConfigs
+from sonic_guard.memory.fitted_corrections import AllocatorCalibration, TimeModel, cfg_call_batches
+from sonic_guard.memory.meta_models import ModelConfigs
 from sonic_guard.memory.planner import POLICIES
 from sonic_guard.memory.preflight import (
     PRECISIONS,

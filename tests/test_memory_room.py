@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from sonic_guard.errors import BadInputError
-from sonic_guard.memory.calibration import AllocatorCalibration
 from sonic_guard.memory.estimator import MemoryEstimator
+from sonic_guard.memory.fitted_corrections import AllocatorCalibration
 from sonic_guard.memory.free_memory_cap import capped_free_memory
-from sonic_guard.memory.model_specs import ModelConfigs
+from sonic_guard.memory.meta_models import ModelConfigs
 from sonic_guard.memory.plan import RunRequest
 from sonic_guard.memory.room import (
     DeviceRoom,

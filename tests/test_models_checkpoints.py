@@ -213,7 +213,7 @@ def test_fp16_files_load_in_the_dtype_asked_for(fp16_svd_root: Path):
     from safetensors.torch import load_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from sonic_guard.image_prep import clip_pixels
+    from sonic_guard.conditioning.reference_image import clip_pixels
 
     clip_dir = fp16_svd_root / "stable-video-diffusion-img2vid-xt" / "image_encoder"
     stored = load_file(str(clip_dir / "model.fp16.safetensors"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sonic_guard.errors import BadInputError, UnsafePathError
-from sonic_guard.paths import resolve_user_path
+from sonic_guard.inputs.safe_paths import resolve_user_path
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
 
-from sonic_guard.sampler import initial_latents, sample_latents
+from sonic_guard.sampling.sampler import initial_latents, sample_latents
 
 # diffusers' scheduler (the comparison reference) trips a numpy 2 deprecation warning in set_timesteps
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

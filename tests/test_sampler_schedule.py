@@ -10,7 +10,7 @@ import torch
 from diffusers import EulerDiscreteScheduler
 
 from sonic_guard.errors import BadInputError
-from sonic_guard.sampler import (
+from sonic_guard.sampling.sampler import (
     combine_guidance,
     denoised_from_v,
     euler_step,

@@ -13,8 +13,7 @@ import torch
 from scipy.io import wavfile
 
 from sonic_guard.errors import BadInputError
-from sonic_guard.interpolate import interpolate_stream
-from sonic_guard.segments import (
+from sonic_guard.runs.segments import (
     MANIFEST_VERSION,
     Segment,
     SegmentJob,
@@ -24,7 +23,8 @@ from sonic_guard.segments import (
     stitch_videos,
     tensor_sha256,
 )
-from sonic_guard.video_writer import StreamingVideoWriter
+from sonic_guard.video.interpolate import interpolate_stream
+from sonic_guard.video.writer import StreamingVideoWriter
 
 SIZE = 32
 MODE = "blend"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sonic_guard.errors import BadInputError
-from sonic_guard.smoothing import MotionSmoother, smooth_motion
+from sonic_guard.video.smoothing import MotionSmoother, smooth_motion
 
 
 def _moving_dot(count: int, size: int = 16) -> list[torch.Tensor]:

@@ -246,7 +246,7 @@ if __name__ == "__main__":
 def test_retag_moves_later_stages_to_the_planned_size() -> None:
     from sonic_guard.errors import TagError
     from sonic_guard.telemetry import Telemetry
-    from sonic_guard.telemetry.stages import Stage
+    from sonic_guard.telemetry.stage_observer import Stage
     from sonic_guard.telemetry.tags import plan_tags, run_tags
 
     requested = run_tags(duration_s=5, width=1024, height=1024, inference_steps=25, user_tags={"team": "a"})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sonic_guard.telemetry import GpuReadout, NvmlDevice, TorchDevice, format_table, read_gpu_memory
-from sonic_guard.telemetry.gpu_readout import _host_from_proc, match_by_uuid, read_host_memory
+from sonic_guard.telemetry.device_snapshot import _host_from_proc, match_by_uuid, read_host_memory
 from sonic_guard.telemetry.nvml import _text, read_nvml, uuid_key
 
 REPO = Path(__file__).resolve().parents[1]

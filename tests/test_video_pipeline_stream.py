@@ -11,16 +11,16 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder
 from scipy.io import wavfile
 
-from sonic_guard.decode import SVD_LATENT_SCALE, decode_stream, vae_chunk_decoder
-from sonic_guard.interpolate import (
+from sonic_guard.video.decode import SVD_LATENT_SCALE, decode_stream, vae_chunk_decoder
+from sonic_guard.video.interpolate import (
     choose_mode,
     frames_for_duration,
     interpolate_stream,
     output_fps,
     pad_to_frame_count,
 )
-from sonic_guard.smoothing import smooth_motion
-from sonic_guard.video_writer import write_stream
+from sonic_guard.video.smoothing import smooth_motion
+from sonic_guard.video.writer import write_stream
 
 
 @pytest.mark.parametrize("fallback", ["none", "blend"])

@@ -14,7 +14,7 @@ import pytest
 import torch
 from scipy.io import wavfile
 
-from sonic_guard.video_writer import StreamingVideoWriter, frame_to_uint8
+from sonic_guard.video.writer import StreamingVideoWriter, frame_to_uint8
 
 pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="needs ffprobe")
 
@@ -170,7 +170,7 @@ def test_writer_keeps_no_reference_to_written_frames(tmp_path: Path) -> None:
 
 
 def test_write_stream_sizes_from_the_first_frame_and_reports_progress(tmp_path: Path) -> None:
-    from sonic_guard.video_writer import write_stream
+    from sonic_guard.video.writer import write_stream
 
     ticks: list[int] = []
     frames = (torch.full((3, 24, 40), index / 10) for index in range(10))

@@ -13,7 +13,7 @@ from .errors import (
     ServerUnreachableError,
     WorkflowError,
 )
-from .job import JobResult, run_workflow
+from .remote_run import JobResult, run_workflow
 from .runner import BatchOutcome, BatchRunner
 from .servers import ServerSnapshot, choose, probe_all, rank
 from .workflow import Overrides, apply_overrides, find_nodes, load_workflow, parse_set

@@ -13,7 +13,7 @@ from typing import TextIO
 from .api import ComfyClient
 from .batch import jobs_from_csv, jobs_from_folder
 from .errors import EXIT_OK, EXIT_REJECTED, ClientError, ExecutionFailedError, PromptRejectedError
-from .job import run_workflow
+from .remote_run import run_workflow
 from .runner import BatchRunner
 from .servers import choose, probe_all
 from .workflow import Overrides, load_workflow, parse_set

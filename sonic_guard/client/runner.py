@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from .api import ComfyClient
 from .batch import STATE_FILE_NAME, BatchJob, BatchState, fingerprint
 from .errors import EXIT_OK, ClientError, ServerUnreachableError
-from .job import run_workflow
+from .remote_run import run_workflow
 from .servers import ServerSnapshot, choose, probe_all
 from .workflow import Overrides
 

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import stages
+from . import stage_simulation as stages
 from .attention_model import O_TOKENS_BACKENDS
-from .calibration import AllocatorCalibration, default_calibration
 from .estimate_cache import EstimateCache, estimate_scope
+from .fitted_corrections import AllocatorCalibration, default_calibration
 from .free_memory import cuda_allocator_kind
+from .meta_models import MetaModels, ModelConfigs
 from .meta_op_memo import MetaOpMemo
-from .model_specs import MetaModels, ModelConfigs
 from .plan import ExecutionPlan, MemoryEstimate, StageEstimate
 from .tracker import CUDA_BLOCK_BYTES
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
-from .calibration import AllocatorCalibration, TimeModel
+from .fitted_corrections import AllocatorCalibration, TimeModel
 from .report import RunReport
 
 logger = logging.getLogger(__name__)

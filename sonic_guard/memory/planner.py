@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ..errors import MemoryPlanError
-from .calibration import TimeModel
+from .fitted_corrections import TimeModel
 from .levers import LEVER_ORDER
 from .plan import SIZE_STEP, ExecutionPlan, MemoryEstimate, RunRequest, frame_size
 

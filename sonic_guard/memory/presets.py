@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..errors import BadInputError
-from .calibration import TimeModel
+from .fitted_corrections import TimeModel
 from .plan import RunRequest
 from .planner import DEFAULT_SAFETY_MARGIN, Estimator, PlanDecision, plan_run
 

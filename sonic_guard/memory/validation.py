@@ -15,7 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..models.unet import build_sonic_unet
 from .attention_model import AttentionModel
-from .model_specs import ModelConfigs
+from .meta_models import ModelConfigs
 from .tracker import LiveBytesTracker
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..memory.model_specs import CLIP_VIT_H14_CONFIG
+from ..memory.meta_models import CLIP_VIT_H14_CONFIG
 from .audio_adapters import AudioTokenProjector, MotionBucketPredictor
 from .checkpoint_paths import (
     UNET_FP16,

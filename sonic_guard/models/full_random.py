@@ -12,12 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..memory.model_specs import (
-    AUDIO_ADAPTERS_CONFIG,
-    CLIP_VIT_H14_CONFIG,
-    SVD_XT_VAE_CONFIG,
-    WHISPER_TINY_CONFIG,
-)
+from ..memory.meta_models import AUDIO_ADAPTERS_CONFIG, CLIP_VIT_H14_CONFIG, SVD_XT_VAE_CONFIG, WHISPER_TINY_CONFIG
 from .audio_adapters import AudioTokenProjector, MotionBucketPredictor
 from .checkpoint_paths import ModelPaths
 from .rife import IFNet

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .gpu_readout import GpuReadout
+from .device_snapshot import GpuReadout
 
 GIB = 1024**3
 

@@ -16,13 +16,13 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .gpu_readout import GpuReadout, read_gpu_memory
+from .device_snapshot import GpuReadout, read_gpu_memory
 from .health import HealthThresholds, LastError, Recoveries, build_health, classify_failure
 from .metrics import GpuCollector, SonicMetrics
 from .nvml import NvmlReading, read_nvml
 from .profiling import Profiler, ProfilerStatus, stage_tag_items
 from .profiling_config import ProfilingConfig
-from .stages import Stage, StageRecorder, parse_stage
+from .stage_observer import Stage, StageRecorder, parse_stage
 from .tags import check_run_tags
 from .torch_memory import read_torch_devices
 

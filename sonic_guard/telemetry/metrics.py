@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ..errors import SonicGuardError
 from .nvml import NvmlReading, read_nvml
-from .stages import STAGE_NAMES
+from .stage_observer import STAGE_NAMES
 
 logger = logging.getLogger(__name__)
 

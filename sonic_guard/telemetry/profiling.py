@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from types import MappingProxyType, ModuleType
 
 from .profiling_config import ProfilingConfig
-from .stages import Stage, parse_stage
+from .stage_observer import Stage, parse_stage
 
 logger = logging.getLogger(__name__)
 
