@@ -27,10 +27,10 @@ import torch  # noqa: E402
 from results_file import write_results  # noqa: E402  (bench/ is on sys.path: run as python bench/bench_estimator.py)
 
 from sonic_guard.memory.estimator import MemoryEstimator  # noqa: E402
-from sonic_guard.memory.meta_models import ModelConfigs  # noqa: E402
 from sonic_guard.memory.plan import ExecutionPlan, RunRequest  # noqa: E402
 from sonic_guard.memory.planner import plan_run  # noqa: E402
 from sonic_guard.memory.validation import validate_unet_on_cpu  # noqa: E402
+from sonic_guard.models.configs import ModelConfigs  # noqa: E402
 
 GIB = 1024**3
 RESOLUTIONS = (384, 512, 768, 1024)

@@ -51,7 +51,7 @@ def ranks_check(models_dir: Path, speech: Path) -> dict[str, Any]:
     from conftest import portrait_rgb
 
     from sonic_guard.conditioning.reference_image import prepare_reference
-    from sonic_guard.face.detection import make_face_detector
+    from sonic_guard.face.choose_detector import make_face_detector
     from sonic_guard.inputs.audio_loading import fit_duration, load_audio_file
     from sonic_guard.memory.plan import ExecutionPlan
     from sonic_guard.models.checkpoints import load_sonic_models

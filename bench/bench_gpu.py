@@ -354,8 +354,8 @@ class Bench:
 
     def phase_breakdown(self) -> dict[str, Any]:
         from sonic_guard.memory.allocator_calibration import run_window, unet_on_device
-        from sonic_guard.memory.meta_models import ModelConfigs
         from sonic_guard.memory.plan import ExecutionPlan
+        from sonic_guard.models.configs import ModelConfigs
 
         if self.device.type != "cuda":
             return {"skipped": "needs CUDA"}

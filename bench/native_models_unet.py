@@ -27,7 +27,7 @@ FILES = {"pth": "unet.pth", "safetensors": "unet.fp16.safetensors"}
 
 def unet_config(width: float = 1.0) -> dict[str, Any]:
     """SVD-xt's UNet config with every block's channels scaled by `width` (1.0: the real size)."""
-    from sonic_guard.models.unet import SVD_XT_UNET_CONFIG
+    from sonic_guard.models.configs import SVD_XT_UNET_CONFIG
 
     config = dict(SVD_XT_UNET_CONFIG)
     if width != 1.0:

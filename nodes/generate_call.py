@@ -17,7 +17,7 @@ from ..sonic_guard.runs.runtime import RunHooks
 from ..sonic_guard.runs.segments import job_fingerprint, tensor_sha256
 from ..sonic_guard.settings import GenerationSettings
 from ..sonic_guard.telemetry.tags import plan_tags, run_tags
-from . import comfy_bridge as comfy
+from . import comfy_bridge
 from .model_handle import SonicModelHandle
 from .planning import estimator_for
 from .services import notify, services
@@ -48,18 +48,18 @@ def run_generate_node(node_cls: type, handle: SonicModelHandle, image: torch.Ten
                         height=settings.min_resolution, inference_steps=settings.inference_steps,
                         user_tags=handle.profiling.user_tags if handle.profiling else None)
         observer = telemetry.run(tags, profile=handle.profiling is not None)
-        output_path, file_name, subfolder = comfy.output_path_for(str(widgets["filename_prefix"]))
-        bar = comfy.progress_bar(1)
+        output_path, file_name, subfolder = comfy_bridge.output_path_for(str(widgets["filename_prefix"]))
+        bar = comfy_bridge.progress_bar(1)
         hooks = RunHooks(progress=lambda done, total: bar.update_absolute(done, total),
-                         check_cancel=comfy.check_interrupt, observer=observer)
+                         check_cancel=comfy_bridge.check_interrupt, observer=observer)
         env = JobEnvironment(
             device=handle.device,
-            free_memory=lambda: comfy.guard_free_bytes(handle.device),
-            device_room=lambda: comfy.room_on(handle.device),
-            is_oom=comfy.is_oom,
-            release_memory=lambda: comfy.release_memory(handle.device),
+            free_memory=lambda: comfy_bridge.guard_free_bytes(handle.device),
+            device_room=lambda: comfy_bridge.room_on(handle.device),
+            is_oom=comfy_bridge.is_oom,
+            release_memory=lambda: comfy_bridge.release_memory(handle.device),
             estimator=estimator_for(handle),
-            placer_for=lambda plan, estimate, adjust: comfy.ComfyModelPlacer(
+            placer_for=lambda plan, estimate, adjust: comfy_bridge.ComfyModelPlacer(
                 handle.patchers, estimate, offload_idle=plan.offload_idle_models,
                 stream_unet=plan.unet_weight_offload,
                 on_evicted=lambda eviction: adjust("evicted", {"lever": eviction.lever, **eviction.to_dict()}),
@@ -74,7 +74,7 @@ def run_generate_node(node_cls: type, handle: SonicModelHandle, image: torch.Ten
             time_budget_s=float(widgets["time_budget_s"]) or None,
             collect_frames=bool(widgets["output_frames"]), notes=[duration_note, *handle.notes],
             segment_seconds=float(widgets.get("segment_seconds", 0.0)),
-            job_dir=comfy.output_directory() / "sonic_guard_jobs" / _job_key(image, audio, widgets),
+            job_dir=comfy_bridge.output_directory() / "sonic_guard_jobs" / _job_key(image, audio, widgets),
         )
         outcome = run_job(handle.models, job, env)
     except BaseException as error:

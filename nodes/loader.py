@@ -10,8 +10,7 @@ from comfy_api.v0_0_2 import io
 from ..sonic_guard.memory.preflight import PRECISIONS, plan_dtype
 from ..sonic_guard.models.checkpoint_paths import ModelPaths
 from ..sonic_guard.models.checkpoints import load_sonic_models
-from . import comfy_bridge as comfy
-from . import ids
+from . import comfy_bridge, ids
 from .model_handle import SonicModelHandle, SonicModelType
 
 logger = logging.getLogger(__name__)
@@ -35,14 +34,14 @@ class ModelLoader(io.ComfyNode):
                 "stay on the offload device until a stage needs them."
             ),
             inputs=[
-                io.Combo.Input("model_folder", options=comfy.list_model_roots(),
+                io.Combo.Input("model_folder", options=comfy_bridge.list_model_roots(),
                                tooltip="A folder in models/sonic that holds Sonic/unet.pth (official layout)."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
                                tooltip="UNet, VAE and CLIP precision. auto: fp16 on a GPU, fp32 on the CPU."),
                 io.Boolean.Input("load_rife", default=True,
                                  tooltip="Load RIFE/flownet.pkl for 25 fps output (if present)."),
-                io.Combo.Input("svd_checkpoint", options=comfy.svd_checkpoint_options(),
-                               default=comfy.FROM_MODEL_FOLDER, optional=True,
+                io.Combo.Input("svd_checkpoint", options=comfy_bridge.svd_checkpoint_options(),
+                               default=comfy_bridge.FROM_MODEL_FOLDER, optional=True,
                                tooltip="Where the SVD VAE and image encoder come from: the model folder's "
                                "stable-video-diffusion-img2vid-xt/, or the svd_xt.safetensors you already have "
                                "in models/checkpoints for the core SVD workflows (its UNet is not read)."),
@@ -53,14 +52,14 @@ class ModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_folder: str, precision: str, load_rife: bool,
-                svd_checkpoint: str = comfy.FROM_MODEL_FOLDER) -> io.NodeOutput:
-        root = comfy.resolve_model_root(model_folder)
-        svd_file = comfy.resolve_svd_checkpoint(svd_checkpoint)
-        whisper = comfy.whisper_search(root)
+                svd_checkpoint: str = comfy_bridge.FROM_MODEL_FOLDER) -> io.NodeOutput:
+        root = comfy_bridge.resolve_model_root(model_folder)
+        svd_file = comfy_bridge.resolve_svd_checkpoint(svd_checkpoint)
+        whisper = comfy_bridge.whisper_search(root)
         paths = ModelPaths.from_root(root, whisper=whisper)
         if svd_file is not None:
             paths = replace(paths, svd=svd_file)
-        device = comfy.compute_device()
+        device = comfy_bridge.compute_device()
         dtype = plan_dtype(precision, device.type)
         # UNet, VAE and CLIP load in the chosen precision; the audio adapters, whisper and RIFE stay fp32.
         models = load_sonic_models(paths, with_rife=load_rife, dtype=dtype, whisper=whisper)
@@ -69,7 +68,7 @@ class ModelLoader(io.ComfyNode):
         if load_rife and models.rife is None:
             notes.append("RIFE/flownet.pkl not found: no RIFE interpolation (see the generator's rife_fallback)")
         patchers = {
-            name: comfy.make_patcher(module, device)
+            name: comfy_bridge.make_patcher(module, device)
             for name in PLACED if (module := getattr(models, name)) is not None
         }
         logger.info("Sonic models loaded from %s (%s, %s): %s", root, dtype, device, used)

@@ -13,7 +13,6 @@ from ..sonic_guard.errors import SonicGuardError
 from ..sonic_guard.job import model_configs_from_folder, model_configs_of
 from ..sonic_guard.memory.estimator import MemoryEstimator
 from ..sonic_guard.memory.free_memory import device_label
-from ..sonic_guard.memory.meta_models import ModelConfigs
 from ..sonic_guard.memory.preflight import (
     dtype_name,
     inputs_from_widgets,
@@ -21,7 +20,8 @@ from ..sonic_guard.memory.preflight import (
     preflight_estimator,
     verdict,
 )
-from . import comfy_bridge as comfy
+from ..sonic_guard.models.configs import ModelConfigs
+from . import comfy_bridge
 from .services import services
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def _estimator(configs: ModelConfigs) -> MemoryEstimator:
     cache = services().estimators
     key = configs.fingerprint()
     if key not in cache:
-        device = comfy.compute_device()
+        device = comfy_bridge.compute_device()
         # The allocator overhead fitted from this machine's past runs (labelled "uncalibrated" until there are some).
         calibration = services().history.calibration(device_label(device))
         fitted = calibration.source.startswith("history")
@@ -50,8 +50,8 @@ def _configs_for_folder(name: str | None) -> ModelConfigs:
     """The loader's folder, read from its config files; the full-size model when there is none or it is unreadable."""
     if name:
         try:
-            root = comfy.resolve_model_root(name)
-            return model_configs_from_folder(root, comfy.whisper_search(root))
+            root = comfy_bridge.resolve_model_root(name)
+            return model_configs_from_folder(root, comfy_bridge.whisper_search(root))
         except (SonicGuardError, OSError, ValueError) as error:
             logger.info("planning for the full-size model: %s", error)
     return ModelConfigs.full_size()
@@ -61,10 +61,10 @@ def plan_from_widgets(widgets: dict[str, Any], *, dtype: torch.dtype | None = No
                       estimator: MemoryEstimator | None = None) -> dict[str, Any]:
     """The verdict the editor badge and the Plan node show, for a square (cropped) face: the generator's
     pre-flight with the same inputs. `dtype` is the loaded model's; else the loader's `precision` widget."""
-    device = comfy.compute_device()
+    device = comfy_bridge.compute_device()
     dtype = dtype or plan_dtype(str(widgets.get("precision") or "auto"), device.type)
     inputs = inputs_from_widgets(widgets, dtype=dtype_name(dtype), device_type=device.type)
     estimator = estimator or _estimator(_configs_for_folder(widgets.get("model_folder")))
     time_model = services().history.time_model(device_label(device))
-    answer = verdict(inputs, comfy.room_on(device).plannable_bytes, estimator, time_model)
+    answer = verdict(inputs, comfy_bridge.room_on(device).plannable_bytes, estimator, time_model)
     return {**answer, "device": str(device)}

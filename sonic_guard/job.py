@@ -23,7 +23,6 @@ from .memory.estimator import MemoryEstimator
 from .memory.fitted_corrections import cfg_call_batches
 from .memory.free_memory import device_label
 from .memory.history import RunHistory
-from .memory.meta_models import ModelConfigs
 from .memory.plan import ExecutionPlan, MemoryEstimate
 from .memory.planner import PlanDecision
 from .memory.preflight import PreflightInputs, decide, dtype_name
@@ -32,6 +31,7 @@ from .memory.report import RunReport
 from .memory.room import DeviceRoom
 from .models.checkpoint_paths import ModelPaths, WhisperSearch
 from .models.checkpoints import AUDIO_TOKENS, SonicModelSet, read_unet_config
+from .models.configs import ModelConfigs
 from .runs.guarded_run import OomRetry, run_with_oom_recovery
 from .runs.long_audio import generate_segmented
 from .runs.pipeline import GenerationResult, generate

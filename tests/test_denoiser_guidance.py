@@ -12,7 +12,8 @@ from torch import nn
 
 from sonic_guard.conditioning.audio_features import AudioFeatures
 from sonic_guard.models.audio_adapters import AudioTokenProjector, MotionBucketPredictor
-from sonic_guard.models.unet import SVD_XT_UNET_CONFIG, build_sonic_unet
+from sonic_guard.models.configs import SVD_XT_UNET_CONFIG
+from sonic_guard.models.unet import build_sonic_unet
 from sonic_guard.sampling.denoiser import (
     ClipConditioning,
     compute_audio_tokens,

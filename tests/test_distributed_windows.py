@@ -18,7 +18,7 @@ from conftest import portrait_rgb
 
 from sonic_guard.conditioning.reference_image import prepare_reference
 from sonic_guard.errors import BadInputError
-from sonic_guard.face.detection import make_face_detector
+from sonic_guard.face.choose_detector import make_face_detector
 from sonic_guard.inputs.audio_loading import fit_duration, load_audio_file
 from sonic_guard.memory.plan import ExecutionPlan
 from sonic_guard.models.checkpoints import SonicModelSet, load_sonic_models

@@ -41,6 +41,6 @@ def test_torchscript_is_loaded_only_from_the_model_folder(tmp_path: Path) -> Non
     (tmp_path / "yoloface_v5m.pt").write_bytes(b"x")
     assert ModelPaths.from_root(tmp_path).yoloface == tmp_path / "yoloface_v5m.pt"
     users = [path.name for path in PACK_SOURCES if "YoloFaceDetector(" in path.read_text(encoding="utf-8")]
-    assert sorted(users) == ["detection.py"], users
+    assert sorted(users) == ["choose_detector.py"], users
     source = (REPO / "sonic_guard" / "job.py").read_text(encoding="utf-8")
     assert "make_face_detector(models.face_detector_path)" in source

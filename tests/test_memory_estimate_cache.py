@@ -27,9 +27,10 @@ from sonic_guard.memory.estimate_cache import (
 )
 from sonic_guard.memory.estimator import MemoryEstimator
 from sonic_guard.memory.fitted_corrections import AllocatorCalibration
-from sonic_guard.memory.meta_models import MetaModels, ModelConfigs
+from sonic_guard.memory.meta_models import MetaModels
 from sonic_guard.memory.plan import ExecutionPlan
 from sonic_guard.memory.preflight import comparable, decide, inputs_from_widgets
+from sonic_guard.models.configs import ModelConfigs
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDGETS = {"min_resolution": 256, "inference_steps": 10, "interpolation": "rife", "duration": 4.0,

@@ -6,8 +6,8 @@ import pytest
 
 from sonic_guard.memory.estimator import ALL_MODELS, STAGE_MODELS, MemoryEstimator, estimate_peak
 from sonic_guard.memory.fitted_corrections import AllocatorCalibration
-from sonic_guard.memory.meta_models import ModelConfigs
 from sonic_guard.memory.plan import ExecutionPlan
+from sonic_guard.models.configs import ModelConfigs
 
 
 @pytest.fixture(scope="module")

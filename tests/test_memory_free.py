@@ -9,8 +9,8 @@ import torch
 from sonic_guard.memory.attention_model import device_attention_backends
 from sonic_guard.memory.estimator import MemoryEstimator
 from sonic_guard.memory.free_memory import probe_from_callable, torch_free_memory
-from sonic_guard.memory.meta_models import ModelConfigs
 from sonic_guard.memory.planner import usable_bytes
+from sonic_guard.models.configs import ModelConfigs
 
 
 def test_cpu_free_memory_is_host_ram_and_says_so() -> None:

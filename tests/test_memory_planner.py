@@ -10,11 +10,11 @@ from sonic_guard.errors import BadInputError, MemoryPlanError
 from sonic_guard.memory.estimator import MemoryEstimator
 from sonic_guard.memory.fitted_corrections import AllocatorCalibration, TimeModel
 from sonic_guard.memory.levers import LEVER_ORDER
-from sonic_guard.memory.meta_models import ModelConfigs
 from sonic_guard.memory.plan import ExecutionPlan, RunRequest, frame_size
 from sonic_guard.memory.planner import PlanDecision, plan_run, usable_bytes
 from sonic_guard.memory.presets import preset_request, resolve_preset
 from sonic_guard.memory.recovery import next_rung_after_oom
+from sonic_guard.models.configs import ModelConfigs
 
 REQUEST = RunRequest(image_width=256, image_height=320, min_resolution=256, resolution_floor=128, dtype="float32",
                      audio_seconds=4.0)

@@ -15,7 +15,6 @@ from sonic_guard.face import make_face_detector
 from sonic_guard.job import preflight_inputs
 from sonic_guard.memory.estimator import MemoryEstimator
 from sonic_guard.memory.fitted_corrections import AllocatorCalibration, TimeModel, cfg_call_batches
-from sonic_guard.memory.meta_models import ModelConfigs
 from sonic_guard.memory.planner import POLICIES
 from sonic_guard.memory.preflight import (
     PRECISIONS,
@@ -28,6 +27,7 @@ from sonic_guard.memory.preflight import (
     verdict,
 )
 from sonic_guard.memory.presets import PRESET_CHOICES
+from sonic_guard.models.configs import ModelConfigs
 from sonic_guard.settings import GenerationSettings
 
 WIDGETS = {"min_resolution": 256, "inference_steps": 10, "dynamic_scale": 1.0, "interpolation": "none",

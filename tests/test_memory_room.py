@@ -8,7 +8,6 @@ from sonic_guard.errors import BadInputError
 from sonic_guard.memory.estimator import MemoryEstimator
 from sonic_guard.memory.fitted_corrections import AllocatorCalibration
 from sonic_guard.memory.free_memory_cap import capped_free_memory
-from sonic_guard.memory.meta_models import ModelConfigs
 from sonic_guard.memory.plan import RunRequest
 from sonic_guard.memory.room import (
     DeviceRoom,
@@ -19,6 +18,7 @@ from sonic_guard.memory.room import (
     stage_activation_bytes,
     stage_room_bytes,
 )
+from sonic_guard.models.configs import ModelConfigs
 
 GIB = 2**30
 HELD = [HeldModel(1, "Upscaler", 3 * GIB), HeldModel(2, "SonicUNet", 1 * GIB, ours=True)]

@@ -11,7 +11,8 @@ import torch
 
 from sonic_guard.errors import CheckpointError
 from sonic_guard.models.checkpoints import ModelPaths, inspect_model_files, load_sonic_models
-from sonic_guard.models.tiny import TINY_CROSS_ATTENTION_DIM, TINY_WHISPER_DIM, write_tiny_model_set
+from sonic_guard.models.configs import TINY_CROSS_ATTENTION_DIM, TINY_WHISPER_DIM
+from sonic_guard.models.tiny import write_tiny_model_set
 
 
 @pytest.fixture(scope="module")

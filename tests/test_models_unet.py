@@ -12,8 +12,8 @@ from diffusers import UNetSpatioTemporalConditionModel
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
 from numerics import algebra_atol
 
-from sonic_guard.models.tiny import TINY_UNET_CONFIG
-from sonic_guard.models.unet import SVD_XT_UNET_CONFIG, build_sonic_unet, unet_init_kwargs
+from sonic_guard.models.configs import SVD_XT_UNET_CONFIG, TINY_UNET_CONFIG
+from sonic_guard.models.unet import build_sonic_unet, unet_init_kwargs
 from sonic_guard.models.unet_attention import SonicAudioAttnProcessor, downsample_mask, feed_forward
 
 REPO = Path(__file__).resolve().parents[1]

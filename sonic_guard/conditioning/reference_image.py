@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from ..errors import BadInputError
+from ..face.boxes import FaceBox, FaceDetector
 from ..face.crop import CropBox, crop_box, face_mask
-from ..face.detection import FaceBox, FaceDetector, check_detectable_image, find_main_face
+from ..face.detection import check_detectable_image, find_main_face
 from ..face.opencv_detector import work_scale
 from ..inputs.image_convert import ImageInput, to_rgb_uint8
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BadInputError
-from .detection import FaceBox
+from .boxes import FaceBox
 
 CropBox = tuple[int, int, int, int]
 

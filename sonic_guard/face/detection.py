@@ -1,74 +1,19 @@
-"""Face boxes, the detector interface, and choosing the face to animate."""
+"""Checking an image for detection and choosing the face to animate."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from ..errors import BadImageError, NoFaceError
+from .boxes import FaceBox, FaceDetector
 
 logger = logging.getLogger(__name__)
 
 MIN_IMAGE_SIDE = 64
 # A face smaller than this (pixels, short side) carries too little detail to animate well.
 MIN_FACE_SIDE = 64
-
-
-@dataclass(frozen=True)
-class FaceBox:
-    """A detected face in pixel coordinates (x2, y2 exclusive), with an optional 5-point landmark set.
-
-    Floats as the detector reports them; a face at the border may reach past the image edge (the reference
-    keeps such boxes unclipped for its crop and face mask, which clip only their own results).
-    """
-
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    score: float = 1.0
-    landmarks: tuple[tuple[float, float], ...] | None = None
-
-    @property
-    def width(self) -> float:
-        return self.x2 - self.x1
-
-    @property
-    def height(self) -> float:
-        return self.y2 - self.y1
-
-    @property
-    def area(self) -> float:
-        return max(self.width, 0.0) * max(self.height, 0.0)
-
-    def scaled(self, scale_x: float, scale_y: float) -> FaceBox:
-        """The same face in an image resized by (scale_x, scale_y)."""
-        points = None
-        if self.landmarks is not None:
-            points = tuple((x * scale_x, y * scale_y) for x, y in self.landmarks)
-        return FaceBox(self.x1 * scale_x, self.y1 * scale_y, self.x2 * scale_x, self.y2 * scale_y, self.score, points)
-
-    def clipped(self, width: int, height: int) -> FaceBox:
-        return FaceBox(
-            min(max(self.x1, 0.0), width),
-            min(max(self.y1, 0.0), height),
-            min(max(self.x2, 0.0), width),
-            min(max(self.y2, 0.0), height),
-            self.score,
-            self.landmarks,
-        )
-
-
-class FaceDetector(Protocol):
-    """Anything that finds faces in an RGB uint8 image (H, W, 3)."""
-
-    name: str
-
-    def __call__(self, image_rgb: np.ndarray) -> list[FaceBox]: ...
 
 
 def check_detectable_image(image_rgb: np.ndarray) -> None:
@@ -156,15 +101,3 @@ def find_main_face(image_rgb: np.ndarray, detector: FaceDetector) -> tuple[FaceB
     return face, faces, warnings
 
 
-def make_face_detector(yolo_path: Path | None) -> FaceDetector:
-    """YOLOv5-face (the reference detector) when its TorchScript file is given and present, else OpenCV."""
-    if yolo_path is not None:
-        path = Path(yolo_path)
-        if path.is_file():
-            from .yolo_detector import YoloFaceDetector
-
-            return YoloFaceDetector(path)
-        logger.info("Face detector %s not found; using the OpenCV cascade detector instead.", path.name)
-    from .opencv_detector import OpenCvFaceDetector
-
-    return OpenCvFaceDetector()

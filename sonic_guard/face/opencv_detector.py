@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from ..errors import CheckpointError
-from .detection import FaceBox
+from .boxes import FaceBox
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 from torchvision.ops import nms
 
 from ..errors import CheckpointError
-from .detection import FaceBox
+from .boxes import FaceBox
 
 logger = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..models.configs import ModelConfigs
 from ..models.unet import build_sonic_unet
 from .estimator import MemoryEstimator
 from .fitted_corrections import MIB, AllocatorCalibration, cfg_call_batches
 from .free_memory import cuda_allocator_kind, device_label, device_memory_cap, torch_free_memory
 from .history import RunHistory
-from .meta_models import ModelConfigs
 from .plan import ExecutionPlan
 from .report import RunReport
 

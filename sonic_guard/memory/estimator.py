@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..models.configs import ModelConfigs
 from . import stage_simulation as stages
 from .attention_model import O_TOKENS_BACKENDS
 from .estimate_cache import EstimateCache, estimate_scope
 from .fitted_corrections import AllocatorCalibration, default_calibration
 from .free_memory import cuda_allocator_kind
-from .meta_models import MetaModels, ModelConfigs
+from .meta_models import MetaModels
 from .meta_op_memo import MetaOpMemo
 from .plan import ExecutionPlan, MemoryEstimate, StageEstimate
 from .tracker import CUDA_BLOCK_BYTES

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from ..errors import BadInputError, MemoryPlanError
+from ..models.configs import ModelConfigs
 from .estimate_cache import EstimateCache
 from .estimator import MemoryEstimator
 from .fitted_corrections import AllocatorCalibration, TimeModel
-from .meta_models import ModelConfigs
 from .plan import RunRequest
 from .planner import POLICIES, Estimator, PlanDecision, plan_run
 from .presets import PRESET_CHOICES, preset_request

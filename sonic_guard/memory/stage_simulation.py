@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..models.configs import ModelConfigs
 from .attention_model import AttentionModel
-from .meta_models import ModelConfigs
 from .plan import ExecutionPlan
 from .tracker import LiveBytesTracker
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..models.configs import ModelConfigs
 from ..models.unet import build_sonic_unet
 from .attention_model import AttentionModel
-from .meta_models import ModelConfigs
 from .tracker import LiveBytesTracker
 
 

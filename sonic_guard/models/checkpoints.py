@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..memory.meta_models import CLIP_VIT_H14_CONFIG
 from .audio_adapters import AudioTokenProjector, MotionBucketPredictor
 from .checkpoint_paths import (
     UNET_FP16,
@@ -23,10 +22,11 @@ from .checkpoint_paths import (
     inspect_model_files,
     is_single_file,
 )
+from .configs import CLIP_VIT_H14_CONFIG, SVD_XT_UNET_CONFIG
 from .rife import IFNet, strip_module_prefix
 from .state_dicts import LOAD_ERRORS, check_state_dict, expected_shapes, load_checked, read_state_dict
 from .svd_single_file import load_vae_and_clip_from_single_file
-from .unet import SVD_XT_UNET_CONFIG, SonicUNet, build_sonic_unet
+from .unet import SonicUNet, build_sonic_unet
 
 logger = logging.getLogger(__name__)
 

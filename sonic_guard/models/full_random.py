@@ -12,12 +12,19 @@ from pathlib import Path
 
 import torch
 
-from ..memory.meta_models import AUDIO_ADAPTERS_CONFIG, CLIP_VIT_H14_CONFIG, SVD_XT_VAE_CONFIG, WHISPER_TINY_CONFIG
 from .audio_adapters import AudioTokenProjector, MotionBucketPredictor
 from .checkpoint_paths import ModelPaths
+from .configs import (
+    AUDIO_ADAPTERS_CONFIG,
+    CLIP_VIT_H14_CONFIG,
+    SVD_XT_SCHEDULER_CONFIG,
+    SVD_XT_UNET_CONFIG,
+    SVD_XT_VAE_CONFIG,
+    WHISPER_TINY_CONFIG,
+)
 from .rife import IFNet
-from .tiny import SVD_XT_SCHEDULER_CONFIG, write_json
-from .unet import SVD_XT_UNET_CONFIG, build_sonic_unet
+from .tiny import write_json
+from .unet import build_sonic_unet
 
 logger = logging.getLogger(__name__)
 

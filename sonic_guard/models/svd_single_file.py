@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..memory.meta_models import CLIP_VIT_H14_CONFIG, SVD_XT_VAE_CONFIG
+from .configs import CLIP_VIT_H14_CONFIG, SVD_XT_VAE_CONFIG
 
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "conditioner.embedders.0.open_clip.model.visual."

@@ -15,41 +15,14 @@ import torch
 from .audio_adapters import AudioTokenProjector, MotionBucketPredictor
 from .checkpoint_paths import ModelPaths
 from .checkpoints import AUDIO_TOKENS, BUCKET_WINDOW, TOKEN_WINDOW
+from .configs import (
+    SVD_XT_SCHEDULER_CONFIG,
+    TINY_CROSS_ATTENTION_DIM,
+    TINY_UNET_CONFIG,
+    TINY_WHISPER_DIM,
+)
 from .rife import IFNet
-from .unet import SVD_XT_UNET_CONFIG, build_sonic_unet
-
-TINY_CROSS_ATTENTION_DIM = 32
-TINY_WHISPER_DIM = 64
-
-TINY_UNET_CONFIG: dict[str, Any] = {
-    **SVD_XT_UNET_CONFIG,
-    "block_out_channels": [32, 32, 32, 32],
-    "num_attention_heads": [2, 2, 2, 2],
-    "cross_attention_dim": TINY_CROSS_ATTENTION_DIM,
-    "addition_time_embed_dim": 16,
-    "projection_class_embeddings_input_dim": 48,
-    "sample_size": 8,
-}
-
-SVD_XT_SCHEDULER_CONFIG: dict[str, Any] = {
-    "_class_name": "EulerDiscreteScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",
-    "set_alpha_to_one": False,
-    "sigma_max": 700.0,
-    "sigma_min": 0.002,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "timestep_type": "continuous",
-    "trained_betas": None,
-    "use_karras_sigmas": True,
-}
+from .unet import build_sonic_unet
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -17,36 +17,12 @@ from diffusers.models.transformers.transformer_temporal import TransformerSpatio
 from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemporalConditionModel
 from torch import Tensor, nn
 
+from .configs import SVD_XT_UNET_CONFIG
 from .unet_attention import CrossContext, SonicAudioAttnProcessor
 from .unet_transformer import transformer_forward
 
 logger = logging.getLogger(__name__)
 
-SVD_XT_UNET_CONFIG: dict[str, Any] = {
-    "sample_size": 96,
-    "in_channels": 8,
-    "out_channels": 4,
-    "down_block_types": [
-        "CrossAttnDownBlockSpatioTemporal",
-        "CrossAttnDownBlockSpatioTemporal",
-        "CrossAttnDownBlockSpatioTemporal",
-        "DownBlockSpatioTemporal",
-    ],
-    "up_block_types": [
-        "UpBlockSpatioTemporal",
-        "CrossAttnUpBlockSpatioTemporal",
-        "CrossAttnUpBlockSpatioTemporal",
-        "CrossAttnUpBlockSpatioTemporal",
-    ],
-    "block_out_channels": [320, 640, 1280, 1280],
-    "addition_time_embed_dim": 256,
-    "projection_class_embeddings_input_dim": 768,
-    "layers_per_block": 2,
-    "cross_attention_dim": 1024,
-    "transformer_layers_per_block": 1,
-    "num_attention_heads": [5, 10, 20, 20],
-    "num_frames": 25,
-}
 
 _INIT_KEYS = frozenset(SVD_XT_UNET_CONFIG)
 
