@@ -37,53 +37,26 @@ INTEROP_TESTS = "tests/test_interop_core_video_server.py"
 
 def single_file_vs_folder() -> dict[str, Any]:
     import torch
-    from test_models_svd_single_file import _outputs, _random_modules, relative_error
+    from test_models_svd_single_file import _outputs, comparison_inputs, relative_error, write_both_layouts
 
     from sonic_guard.models.checkpoints import load_vae_and_clip
-    from sonic_guard.models.svd_single_file import write_svd_single_file
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sonic-svd-layouts-") as folder:
-        root = Path(folder)
-        vae, clip = _random_modules()
-        svd = root / "stable-video-diffusion-img2vid-xt"
-        vae.save_pretrained(svd / "vae")
-        clip.save_pretrained(svd / "image_encoder")
-        single = write_svd_single_file(vae, clip, root / "checkpoints" / "svd_xt.safetensors")
-        del vae, clip
-        gc.collect()
-        tensors = _inputs()
-        errors: dict[str, float] = {}
+        svd, single = write_both_layouts(Path(folder))
+        tensors = comparison_inputs()
         outputs = {}
         for name, source in (("folder", svd), ("single_file", single)):
             vae, clip = load_vae_and_clip(source, source.parent, torch.float32)
             outputs[name] = _outputs(vae, clip, tensors)
             del vae, clip
             gc.collect()
-        for key, reference in outputs["folder"].items():
-            errors[key] = relative_error(outputs["single_file"][key], reference)
+        errors = {key: relative_error(outputs["single_file"][key], reference)
+                  for key, reference in outputs["folder"].items()}
         single_bytes = single.stat().st_size
     return {"max_rel_error": max(errors.values()), "rel_error_by_output": errors, "bound": 1e-3,
             "single_file_bytes": single_bytes, "seconds": round(time.perf_counter() - started, 1),
             "what": "full-size random SVD VAE + CLIP ViT-H/14 (fp16 files), both loaded in fp32 on the CPU"}
-
-
-def _inputs() -> dict[str, Any]:
-    import numpy as np
-    import torch
-    from PIL import Image
-    from skimage import data
-    from test_models_svd_single_file import CLIP_MEAN, CLIP_STD
-
-    photo = Image.fromarray(data.astronaut())
-    small = np.asarray(photo.resize((128, 128), Image.BICUBIC), dtype=np.float32) / 127.5 - 1.0
-    clip = (np.asarray(photo.resize((224, 224), Image.BICUBIC), dtype=np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
-    generator = torch.Generator().manual_seed(1)
-    return {
-        "pixels": torch.from_numpy(small).permute(2, 0, 1)[None].contiguous(),
-        "latents": torch.randn(3, 4, 16, 16, generator=generator),
-        "clip_pixels": torch.from_numpy(clip.astype(np.float32)).permute(2, 0, 1)[None].contiguous(),
-    }
 
 
 def download_resume() -> bool:

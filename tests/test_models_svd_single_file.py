@@ -59,9 +59,9 @@ def _random_modules() -> tuple[torch.nn.Module, torch.nn.Module]:
     return vae.half(), clip.half()
 
 
-@pytest.fixture(scope="module")
-def both_layouts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("svd-layouts")
+def write_both_layouts(root: Path) -> tuple[Path, Path]:
+    """The same random VAE + CLIP as a diffusers folder and as ComfyUI's single file (also used by
+    bench/bench_native_models.py)."""
     vae, clip = _random_modules()
     svd = root / "stable-video-diffusion-img2vid-xt"
     vae.save_pretrained(svd / "vae")
@@ -72,19 +72,29 @@ def both_layouts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return svd, single
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, torch.Tensor], Path]:
+def comparison_inputs() -> dict[str, torch.Tensor]:
+    """A real photo for the encoders and one decode chunk of 3 frames of latents."""
     from skimage import data
 
     photo = Image.fromarray(data.astronaut())
     small = np.asarray(photo.resize((128, 128), Image.BICUBIC), dtype=np.float32) / 127.5 - 1.0
     clip = (np.asarray(photo.resize((224, 224), Image.BICUBIC), dtype=np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
     generator = torch.Generator().manual_seed(1)
-    tensors = {
+    return {
         "pixels": torch.from_numpy(small).permute(2, 0, 1)[None].contiguous(),
-        "latents": torch.randn(3, 4, 16, 16, generator=generator),  # one decode chunk of 3 frames
+        "latents": torch.randn(3, 4, 16, 16, generator=generator),
         "clip_pixels": torch.from_numpy(clip.astype(np.float32)).permute(2, 0, 1)[None].contiguous(),
     }
+
+
+@pytest.fixture(scope="module")
+def both_layouts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_both_layouts(tmp_path_factory.mktemp("svd-layouts"))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, torch.Tensor], Path]:
+    tensors = comparison_inputs()
     path = tmp_path_factory.mktemp("svd-inputs") / "inputs.pt"
     torch.save(tensors, path)
     return tensors, path
