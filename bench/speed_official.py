@@ -13,9 +13,10 @@ random model sets; each is a run-time patch, named and explained:
 * `imageio.get_writer` (the official video writer): without the imageio-ffmpeg plugin imageio falls back to its
   PyAV plugin, which needs a codec named and would read one (H, W, 3) frame as a batch; the stand-in names
   libx264 (the codec imageio-ffmpeg would pick) and one frame per call.
-* `Sonic.__init__` loads from fixed paths with `variant="fp16"` and full-size adapter widths: the bench builds
-  the same objects (the official classes) from the model folder it is given, with the adapter widths read from the
-  checkpoint (equal to the official constants on the full-size set).
+* `Sonic.__init__` runs as written, but its fixed `checkpoints/` folder is a link to the model folder given, its
+  `from_pretrained(..., variant="fp16")` calls ignore the variant (the UNet is built from its config: every weight
+  comes from Sonic/unet.pth), and the adapters take the checkpoint's widths (equal to the official constants on
+  the full-size set).
 * The initial noise: the official pipeline draws it from the global generator; the bench passes the same unit
   noise our sampler draws through the pipeline's own `latents` argument, so the outputs can be compared.
 """
@@ -27,7 +28,9 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 import types
 from collections.abc import Callable, Iterator
@@ -54,7 +57,7 @@ def official_missing_reason(root: Path) -> str | None:
     """None when the official code is there; else why the official side cannot run."""
     if not (root / "sonic.py").is_file() or not (root / "src" / "pipelines" / "pipeline_sonic.py").is_file():
         return (f"the official Sonic code was not found at {root} (sonic.py and src/ expected); set "
-                f"{OFFICIAL_ENV} to a checkout of github.com/jixiaozhong/Sonic or place it at ../shared/reference/"
+                f"{OFFICIAL_ENV} to a checkout of the official Sonic repository or place it at ../shared/reference/"
                 "sonic-official; the official side was skipped")
     return None
 
@@ -194,63 +197,80 @@ def _adapter_widths(state: dict[str, torch.Tensor]) -> tuple[int, int]:
     return int(state["proj1.weight"].shape[0]), int(state["proj3.weight"].shape[0])
 
 
+def _without_variant(cls: type) -> type:
+    """`cls` whose from_pretrained ignores `variant` (the random sets hold no fp16 variant files)."""
+
+    class Loader:
+        @staticmethod
+        def from_pretrained(path: str, subfolder: str | None = None, variant: str | None = None) -> Any:
+            return cls.from_pretrained(path, subfolder=subfolder)
+
+    return Loader
+
+
+def _unet_from_config(cls: type) -> type:
+    """The official UNet class built from its config only: every weight then comes from Sonic/unet.pth."""
+
+    class Loader:
+        @staticmethod
+        def from_pretrained(path: str, subfolder: str | None = None, variant: str | None = None) -> Any:
+            return cls.from_config(cls.load_config(path, subfolder=subfolder))
+
+    return Loader
+
+
+def _sized_like(cls: type, checkpoint: Path, channels: int) -> Callable[..., Any]:
+    """`cls(**official arguments)` with the widths the checkpoint has (the official constants are the full-size
+    widths; the small CPU set is narrower)."""
+    state = torch.load(checkpoint, map_location="cpu")
+    hidden, out = _adapter_widths(state)
+
+    def build(**kwargs: Any) -> Any:
+        kwargs.update(channels=channels, intermediate_dim=hidden)
+        if "clip_channels" in kwargs:
+            kwargs["clip_channels"] = int(state["proj1.weight"].shape[1]) - kwargs["seq_len"] * channels
+        else:
+            kwargs["output_dim"] = out // kwargs["context_tokens"]
+        return cls(**kwargs)
+
+    return build
+
+
+DTYPE_NAMES = {torch.float16: "fp16", torch.float32: "fp32", torch.bfloat16: "bf16"}
+
+
 def build_official(sonic: types.ModuleType, model_root: Path, device: torch.device, dtype: torch.dtype,
                    clock: StageTimer, noise: Callable[[int, int, int], torch.Tensor]) -> Any:
-    """A `Sonic` object as its __init__ makes it, from the official classes and the files under `model_root`."""
-    from diffusers import AutoencoderKLTemporalDecoder
-    from diffusers.schedulers import EulerDiscreteScheduler
-    from transformers import AutoFeatureExtractor, CLIPVisionModelWithProjection, WhisperModel
-
-    base = importlib.import_module("src.models.base.unet_spatio_temporal_condition")
-    audio_proj = importlib.import_module("src.models.audio_adapter.audio_proj")
-    audio_bucket = importlib.import_module("src.models.audio_adapter.audio_to_bucket")
-    rife_module = importlib.import_module("src.utils.RIFE.RIFE_HDv3")
-
-    svd, whisper_dir, sonic_dir = (model_root / "stable-video-diffusion-img2vid-xt", model_root / "whisper-tiny",
-                                   model_root / "Sonic")
-    obj = sonic.Sonic.__new__(sonic.Sonic)
-    obj.config = _Config(**vars(sonic.Sonic.config))  # process() writes into it: not the class's copy
-    obj.config.use_interframe = True
-    vae = AutoencoderKLTemporalDecoder.from_pretrained(svd, subfolder="vae")
-    scheduler = EulerDiscreteScheduler.from_pretrained(svd, subfolder="scheduler")
-    image_encoder = CLIPVisionModelWithProjection.from_pretrained(svd, subfolder="image_encoder")
-    # The official UNet class from its config; every weight then comes from Sonic/unet.pth (strict), as in __init__.
-    unet_config = json.loads((svd / "unet" / "config.json").read_text(encoding="utf-8"))
-    unet = base.UNetSpatioTemporalConditionModel.from_config(unet_config)
-    base.add_ip_adapters(unet, [32], [obj.config.ip_audio_scale])
-    unet.load_state_dict(torch.load(sonic_dir / "unet.pth", map_location="cpu"), strict=True)
-    whisper = WhisperModel.from_pretrained(whisper_dir).to(device).eval()
-    whisper.requires_grad_(False)
-    channels = int(whisper.config.d_model)
-    token_state = torch.load(sonic_dir / "audio2token.pth", map_location="cpu")
-    bucket_state = torch.load(sonic_dir / "audio2bucket.pth", map_location="cpu")
-    token_hidden, token_out = _adapter_widths(token_state)
-    bucket_hidden, _ = _adapter_widths(bucket_state)
-    clip_channels = int(bucket_state["proj1.weight"].shape[1]) - 50 * channels
-    audio2token = audio_proj.AudioProjModel(seq_len=10, blocks=5, channels=channels, intermediate_dim=token_hidden,
-                                            output_dim=token_out // 32, context_tokens=32)
-    audio2bucket = audio_bucket.Audio2bucketModel(seq_len=50, blocks=1, channels=channels,
-                                                  clip_channels=clip_channels, intermediate_dim=bucket_hidden,
-                                                  output_dim=1, context_tokens=2)
-    audio2token.load_state_dict(token_state, strict=True)
-    audio2bucket.load_state_dict(bucket_state, strict=True)
-    rife = rife_module.RIFEModel(device=device)
-    rife.load_model(str(model_root / "RIFE"))
-    rife.inference = clock.timed("interpolation", rife.inference)
-    image_encoder.to(dtype)
-    vae.to(dtype)
-    unet.to(dtype)
-    pipe = importlib.import_module("src.pipelines.pipeline_sonic").SonicPipeline(
-        unet=unet, image_encoder=image_encoder, vae=vae, scheduler=scheduler)
-    pipe = pipe.to(device=device, dtype=dtype)
-    pipe.decode_latents = clock.timed("decode", pipe.decode_latents)
-    obj.pipe = NoiseInjectingPipe(pipe, noise, clock)
-    obj.whisper, obj.image_encoder = whisper, image_encoder
-    obj.audio2token, obj.audio2bucket = audio2token.to(device), audio2bucket.to(device)
-    obj.feature_extractor = AutoFeatureExtractor.from_pretrained(whisper_dir)
-    obj.face_det = SameFaceBox()
-    obj.rife = rife
-    obj.device = "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}"
+    """`Sonic(...)` built by its own __init__ from the files under `model_root`, with run-time patches only: its
+    fixed `checkpoints/` folder points at `model_root`, no fp16 variant files are asked for, the adapters take the
+    checkpoint's widths, the face detector is `SameFaceBox`; then stages are timed and the noise injected."""
+    base = Path(tempfile.mkdtemp(prefix="sonic-official-base-"))
+    (base / "checkpoints").symlink_to(model_root.resolve(), target_is_directory=True)
+    whisper_width = int(json.loads((model_root / "whisper-tiny" / "config.json").read_text())["d_model"])
+    patches = {
+        "BASE_DIR": str(base),
+        "AutoencoderKLTemporalDecoder": _without_variant(sonic.AutoencoderKLTemporalDecoder),
+        "CLIPVisionModelWithProjection": _without_variant(sonic.CLIPVisionModelWithProjection),
+        "UNetSpatioTemporalConditionModel": _unet_from_config(sonic.UNetSpatioTemporalConditionModel),
+        "AudioProjModel": _sized_like(sonic.AudioProjModel, model_root / "Sonic" / "audio2token.pth", whisper_width),
+        "Audio2bucketModel": _sized_like(sonic.Audio2bucketModel, model_root / "Sonic" / "audio2bucket.pth",
+                                         whisper_width),
+        "AlignImage": lambda device, det_path: SameFaceBox(),
+    }
+    saved = {name: getattr(sonic, name) for name in patches}
+    sonic.Sonic.config.weight_dtype = DTYPE_NAMES[dtype]
+    try:
+        for name, value in patches.items():
+            setattr(sonic, name, value)
+        obj = sonic.Sonic(device_id=-1 if device.type == "cpu" else (device.index or 0),
+                          enable_interpolate_frame=True)
+    finally:
+        for name, value in saved.items():
+            setattr(sonic, name, value)
+        shutil.rmtree(base, ignore_errors=True)  # everything is loaded by now
+    obj.rife.inference = clock.timed("interpolation", obj.rife.inference)
+    obj.pipe.decode_latents = clock.timed("decode", obj.pipe.decode_latents)
+    obj.pipe = NoiseInjectingPipe(obj.pipe, noise, clock)
     return obj
 
 

@@ -421,12 +421,21 @@ class DownloadJobs:
             return dict(job) if job is not None else None
 
 
-def _print_progress(progress: DownloadProgress, last: list[str]) -> None:
+def _log_progress(progress: DownloadProgress, last: list[str]) -> None:
     key = f"{int(progress.fraction * 100)}% {progress.file}"  # one line per whole percent, and per file
     if progress.state == "downloading" and key != last[0]:
         last[0] = key
-        print(f"[{progress.fraction:6.1%}] {progress.files_done}/{progress.files_total} files  {progress.file} "  # noqa: T201
-              f"{progress.file_bytes / 1e6:.1f}/{progress.file_total / 1e6:.1f} MB", flush=True)
+        logger.info("[%6.1f%%] %d/%d files  %s %.1f/%.1f MB", progress.fraction * 100, progress.files_done,
+                    progress.files_total, progress.file, progress.file_bytes / 1e6, progress.file_total / 1e6)
+
+
+def _cli_logging() -> None:
+    """The command line's output: progress and the result on stdout, errors on stderr, bare messages."""
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[out, err])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -435,15 +444,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--what", default=None, help=f"comma-separated subset of {','.join(PARTS)} (default: the "
                         f"parts of {','.join(DEFAULT_PARTS)} the folder lacks; yolo only when named)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _cli_logging()
     last = [""]
     try:
-        plan = download(args.dest, args.what and parse_parts(args.what), progress=lambda p: _print_progress(p, last))
+        plan = download(args.dest, args.what and parse_parts(args.what), progress=lambda p: _log_progress(p, last))
     except DownloadError as error:
-        print(f"error: {error}", file=sys.stderr)  # noqa: T201 - the CLI's output
+        logger.error("error: %s", error)
         return 1
-    print(f"done: {len(plan.files)} files ({plan.total_bytes / 1e6:.1f} MB) fetched, "  # noqa: T201
-          f"{len(plan.present)} already present, in {args.dest}")
+    logger.info("done: %d files (%.1f MB) fetched, %d already present, in %s", len(plan.files),
+                plan.total_bytes / 1e6, len(plan.present), args.dest)
     return 0
 
 
