@@ -12,24 +12,18 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 from comfy_host import REPO, ComfyServer, execution_error
+from fleet_harness import Prometheus
 
 PROMETHEUS = shutil.which("prometheus")
 AGENT_CONFIG = REPO / "docs" / "fleet" / "prometheus-agent.yml"
@@ -43,64 +37,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@dataclass
-class PrometheusProcess:
-    process: subprocess.Popen
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @classmethod
-    def start(cls, workdir: Path, config: dict, *, agent: bool = False, receiver: bool = False) -> PrometheusProcess:
-        workdir.mkdir(parents=True, exist_ok=True)
-        config_path = workdir / "prometheus.yml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        port = _free_port()
-        args = [PROMETHEUS, f"--config.file={config_path}", f"--web.listen-address=127.0.0.1:{port}"]
-        if agent:
-            args += ["--enable-feature=agent", f"--storage.agent.path={workdir / 'wal'}"]
-        else:
-            args += [f"--storage.tsdb.path={workdir / 'tsdb'}"]
-        if receiver:
-            args.append("--web.enable-remote-write-receiver")
-        log_path = workdir / "prometheus.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        prom = cls(process, port, log_path)
-        try:
-            prom._wait_ready(30.0)
-        except BaseException:
-            prom.stop()
-            raise
-        return prom
-
-    def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:  # noqa: S310 - loopback
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"prometheus not ready in {timeout_s}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def query(self, promql: str) -> list[dict]:
-        """Instant query through the HTTP API; the result vector."""
-        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
-            answer = json.loads(response.read())
-        assert answer["status"] == "success", answer
-        return answer["data"]["result"]
+class PrometheusProcess(Prometheus):
+    """The fleet harness's Prometheus (start, readiness, query, stop) plus polling for a PromQL answer."""
 
     def wait_for(self, promql: str, timeout_s: float = 30.0, predicate=bool) -> list[dict]:
         """Poll `promql` until `predicate(result)` holds; fail with the log otherwise."""
@@ -112,16 +50,6 @@ class PrometheusProcess:
                 return result
             time.sleep(0.5)
         raise AssertionError(f"{promql!r} gave {result} after {timeout_s}s\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(15)
-
 
 @pytest.fixture
 def prometheus_factory(tmp_path: Path) -> Iterator:
