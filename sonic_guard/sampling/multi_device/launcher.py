@@ -102,7 +102,8 @@ def sample_on_devices(
 
 def _serve(listener: Listener, plain_job: dict[str, Any], world_size: int, messages: queue.Queue) -> None:
     """Accept each worker's connection, send it the job, and forward what it sends to `messages`."""
-    for _ in range(world_size):
+    accepted = 0
+    while accepted < world_size:  # a refused stray connection does not take a worker's place
         try:
             connection = listener.accept()
         except (OSError, EOFError):  # the listener was closed: the run is over (or failed before all joined)
@@ -110,6 +111,7 @@ def _serve(listener: Listener, plain_job: dict[str, Any], world_size: int, messa
         except Exception as exc:  # a wrong authkey or a stray connection: the run's watch reports the rank
             logger.warning("a worker connection was refused: %s", exc)
             continue
+        accepted += 1
         send_plain(connection, plain_job)
         threading.Thread(target=_forward, args=(connection, messages), daemon=True,
                          name="sonic-rank-reader").start()
