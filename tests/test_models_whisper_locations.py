@@ -133,7 +133,8 @@ def test_nowhere_lists_every_place_and_the_download(sonic_only: Path, tmp_path: 
     for place in (sonic_only / "whisper-tiny", encoders[0] / "whisper-tiny", encoders[1] / "whisper-tiny",
                   single, cache / "models--openai--whisper-tiny"):
         assert str(place) in message, place
-    assert "huggingface-cli download openai/whisper-tiny" in message and "hf download openai/whisper-tiny" in message
+    # huggingface_hub 2.x ships only the `hf` command: the hint must not name the removed huggingface-cli
+    assert "hf download openai/whisper-tiny --local-dir" in message and "huggingface-cli" not in message
     assert "Expected:" in message and "Fix:" in message
 
 

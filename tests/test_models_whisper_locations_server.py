@@ -57,7 +57,8 @@ def test_whisper_in_audio_encoders_runs_then_nowhere_names_every_place(
         for place in (root / "whisper-tiny", server.base / "models" / "audio_encoders" / "whisper-tiny", whisper,
                       top / "empty-hub" / "models--openai--whisper-tiny"):
             assert str(place) in message, (place, message)
-        assert "huggingface-cli download openai/whisper-tiny" in message and "Fix:" in message, message
+        assert "hf download openai/whisper-tiny --local-dir" in message and "Fix:" in message, message
+        assert "huggingface-cli" not in message, message
         assert server_alive(server)
     finally:
         hidden.rename(whisper)

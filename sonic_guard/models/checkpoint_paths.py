@@ -9,12 +9,12 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-SONIC_HF = "huggingface-cli download LeonJoe13/Sonic --local-dir <root>  (gives Sonic/, RIFE/, yoloface_v5m.pt)"
-SVD_HF = ("huggingface-cli download stabilityai/stable-video-diffusion-img2vid-xt "
+SONIC_HF = "hf download LeonJoe13/Sonic --local-dir <root>  (gives Sonic/, RIFE/, yoloface_v5m.pt)"
+SVD_HF = ("hf download stabilityai/stable-video-diffusion-img2vid-xt "
           "--local-dir <root>/stable-video-diffusion-img2vid-xt")
 SVD_CHECKPOINT_HINT = ("put svd_xt.safetensors (the core SVD workflows' checkpoint) in ComfyUI/models/checkpoints, "
                        "or choose 'from the model folder' and download " + SVD_HF)
-WHISPER_HF = "huggingface-cli download openai/whisper-tiny --local-dir <root>/whisper-tiny"
+WHISPER_HF = "hf download openai/whisper-tiny --local-dir <root>/whisper-tiny"
 WHISPER_REPO = "openai/whisper-tiny"
 WHISPER_FOLDER = "whisper-tiny"
 # The files a transformers whisper-tiny folder needs: the config, the feature extractor's config, the weights.
