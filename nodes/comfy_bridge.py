@@ -195,13 +195,13 @@ def guard_free_bytes(device: torch.device) -> int:
     """ComfyUI's own figure (device-free plus torch's idle cache), lowered to SONIC_GUARD_FREE_MEMORY_BYTES less
     what loaded models hold, when that cap is set (a GPU shared with other programs)."""
     loaded = sum(model.loaded_bytes for model in held_models(device))
-    return capped_free_memory(int(model_management.get_free_memory(device)), loaded_bytes=loaded)
+    return capped_free_memory(int(model_management.get_free_memory(device)), loaded_bytes=loaded, device=device)
 
 
 def room_on(device: torch.device) -> DeviceRoom:
     """Free + evictable memory, as the badge, the Plan node and the generator plan with."""
     return device_room(guard_free_bytes(device), held_models(device), device_type=device.type,
-                       cap_bytes=free_memory_cap())
+                       cap_bytes=free_memory_cap(device=device))
 
 
 def evict_for(required_free: int, device: torch.device, keep: Iterable[comfy.model_patcher.ModelPatcher]) -> None:

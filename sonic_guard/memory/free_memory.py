@@ -17,6 +17,8 @@ from typing import Protocol
 import psutil
 import torch
 
+from .free_memory_cap import capped_free_memory
+
 logger = logging.getLogger(__name__)
 
 
@@ -72,6 +74,12 @@ def torch_free_memory(device: str | torch.device = "cuda") -> FreeMemory:
     return FreeMemory(int(available.available), int(available.total), "cpu", "psutil available RAM",
                       ("device is the CPU: the estimate targets host RAM, where the allocator has no 512 B "
                        "blocks and no CUDA workspaces",))
+
+
+def planned_free_bytes(device: str | torch.device, environ: Mapping[str, str] | None = None) -> int:
+    """Free bytes of `device` as torch measures it, lowered to its SONIC_GUARD_FREE_MEMORY_BYTES entry: what a
+    multi-device run plans each listed device with (outside ComfyUI's model management, nothing is evictable)."""
+    return capped_free_memory(torch_free_memory(device).free_bytes, environ, device=device)
 
 
 def _mps_free_memory() -> FreeMemory:
