@@ -21,7 +21,7 @@ from .face import make_face_detector
 from .inputs.audio_loading import LoadedAudio
 from .memory.estimator import MemoryEstimator
 from .memory.fitted_corrections import cfg_call_batches
-from .memory.free_memory import device_label
+from .memory.free_memory import device_label, planned_free_bytes
 from .memory.history import RunHistory
 from .memory.plan import ExecutionPlan, MemoryEstimate
 from .memory.planner import PlanDecision
@@ -37,6 +37,7 @@ from .runs.long_audio import generate_segmented
 from .runs.pipeline import GenerationResult, generate
 from .runs.runtime import ModelPlacer, OnAdjustment, RunHooks
 from .runs.segment_inputs import segment_frames_for
+from .sampling.multi_device.devices import free_bytes_by_device
 from .settings import GenerationSettings
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class JobEnvironment:
     on_event: Callable[[str, dict], None] = lambda event, data: None
     max_retries: int = 3
     history: RunHistory | None = None  # calibrates the time model; every finished run is recorded in it
+    # free bytes of another listed device of a multi-device run (its SONIC_GUARD_FREE_MEMORY_BYTES entry applies)
+    free_memory_on: Callable[[str], int] = planned_free_bytes
 
 
 @dataclass
@@ -164,12 +167,18 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
     inputs = preflight_inputs(reference, settings, job.audio.duration_s, env.device, policy=job.policy,
                               preset=job.preset, time_budget_s=job.time_budget_s,
                               dtype=dtype_name(next(models.unet.parameters()).dtype))
-    decision = plan_for(inputs, room.plannable_bytes, env)
+    device_free = free_bytes_by_device(env.device, room.plannable_bytes, settings.device_list, env.free_memory_on)
+    decision = plan_for(inputs, min(device_free.values()), env)
     plan = decision.plan
     adjustments: list[dict[str, Any]] = []
+    rank_plans: list[dict[str, Any]] = []
 
     def on_adjustment(kind: str, details: dict[str, Any]) -> None:
-        """Evictions and in-stage downgrades (decode chunk halving): into the report and the editor's toasts."""
+        """Evictions and in-stage downgrades (decode chunk halving): into the report and the editor's toasts;
+        a multi-device rank's own plan (`rank_plan.RankPlan.to_plain`): into the report and its notes."""
+        if kind == "rank_plan":
+            rank_plans.append(details)
+            return
         adjustments.append({"kind": kind, **details})
         logger.info("run adjusted: %s", details.get("lever", kind))
         env.on_event("evicted" if kind == "evicted" else "oom_recovered", {"message": details.get("lever", kind)})
@@ -221,6 +230,8 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
     result = outcome.result
     report = build_report(decision, outcome.plan, outcome.retries, result, room, env.device, job, started,
                           adjustments)
+    if settings.device_list:
+        add_rank_plans(report, device_free, rank_plans)
     if env.history is not None:
         env.history.record(history_entry(report, decision, outcome.plan, env.device))
     return JobOutcome(result=result, report=report)
@@ -293,6 +304,19 @@ def build_report(
         "notes": [*job.notes, *job.audio.notes, *([room.note()] if room.note() else []), *decision.notes,
                   *result.notes],
     }
+
+
+def add_rank_plans(report: dict[str, Any], device_free: dict[str, int], rank_plans: list[dict[str, Any]]) -> None:
+    """A multi-device run's planning in its report: each device's free bytes, which one set the size, and the
+    plan every rank chose for its own device (one note per rank, e.g. "rank 1 (cuda:1): weight streaming on,
+    5.10 GiB free")."""
+    tightest = min(device_free, key=lambda name: device_free[name])
+    report["device_free_bytes"] = dict(device_free)
+    report["rank_plans"] = sorted(rank_plans, key=lambda plan: plan["rank"])
+    report["notes"].append(f"size and steps planned for the tightest device, {tightest} "
+                           f"({device_free[tightest] / 2**30:.2f} GiB free); each rank re-planned its own "
+                           "memory levers")
+    report["notes"].extend(plan["note"] for plan in report["rank_plans"])
 
 
 def _source_size(reference: PreparedReference) -> tuple[int, int]:

@@ -1,15 +1,20 @@
-"""The `devices` setting: a comma-separated list of torch devices, one rank per entry."""
+"""The `devices` setting: a comma-separated list of torch devices, one rank per entry.
+
+"cpu:N" names a CPU rank (all compute on the CPU); its index only picks its SONIC_GUARD_FREE_MEMORY_BYTES entry.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
 
 from ...errors import BadInputError
 
-_DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
-EXAMPLES = '"cuda:0,cuda:1" (NCCL) or "cpu,cpu" (gloo, for testing); empty = one device, as without this setting'
+_DEVICE = re.compile(r"^(cpu(:\d+)?|cuda:\d+)$")
+EXAMPLES = ('"cuda:0,cuda:1" (NCCL) or "cpu,cpu" / "cpu:0,cpu:1" (gloo, for testing); empty = one device, as '
+            'without this setting')
 
 
 def parse_devices(text: str) -> tuple[str, ...]:
@@ -19,7 +24,7 @@ def parse_devices(text: str) -> tuple[str, ...]:
         if not _DEVICE.match(entry):
             raise BadInputError(
                 problem=f"devices entry {entry!r} (in {text!r}) is not a device name",
-                expected=f"'cpu' or 'cuda:N' entries separated by commas, e.g. {EXAMPLES}",
+                expected=f"'cpu', 'cpu:N' or 'cuda:N' entries separated by commas, e.g. {EXAMPLES}",
                 fix="correct the devices setting, or leave it empty to run on one device",
             )
     if len(entries) == 1:
@@ -45,6 +50,12 @@ def parse_devices(text: str) -> tuple[str, ...]:
     return entries
 
 
+def compute_device(entry: str) -> torch.device:
+    """The torch device a rank computes on: a "cpu:N" rank computes on the CPU like "cpu"."""
+    device = torch.device(entry)
+    return torch.device("cpu") if device.type == "cpu" else device
+
+
 def check_devices_present(devices: tuple[str, ...]) -> None:
     """Refuse GPU entries this machine does not have (queue-time check; parse_devices checks syntax)."""
     cuda = [int(entry.split(":")[1]) for entry in devices if entry.startswith("cuda")]
@@ -64,3 +75,15 @@ def check_devices_present(devices: tuple[str, ...]) -> None:
             expected="a CUDA build of PyTorch with torch.distributed and NCCL (Linux)",
             fix="install a CUDA PyTorch wheel, or leave devices empty to use one GPU",
         )
+
+
+def free_bytes_by_device(parent_device: torch.device, parent_bytes: int, devices: tuple[str, ...],
+                         free_on: Callable[[str], int]) -> dict[str, int]:
+    """What each device of a multi-device run has to plan with: the parent's own device its room
+    (`parent_bytes`, free + evictable, as a one-device run plans), every other listed device `free_on(name)`.
+    The parent plans size and steps for the smallest of them (each rank then re-plans its own levers)."""
+    figures = {str(parent_device): parent_bytes}
+    for name in devices:
+        if name not in figures:
+            figures[name] = free_on(name)
+    return figures

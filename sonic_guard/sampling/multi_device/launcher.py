@@ -30,6 +30,7 @@ import torch
 from ...errors import SonicGuardError
 from .channel import AUTHKEY_ENV, receive_plain, send_plain
 from .payload import RankJob
+from .rank_plan import RankPlan, RankWontFitError
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +72,14 @@ def _worker_env(authkey: bytes) -> dict[str, str]:
 
 
 def sample_on_devices(
-    job: RankJob, on_window: Callable[[int, int], None], *, poll_s: float = 0.1
+    job: RankJob, on_window: Callable[[int, int], None], *, poll_s: float = 0.1,
+    on_rank_plan: Callable[[RankPlan], None] = lambda plan: None,
 ) -> torch.Tensor:
     """The clip's latents [N, 4, h, w] (CPU, float32) sampled by one rank per `job.devices` entry.
 
     `on_window(done, total)` runs here, in the parent, for rank 0's windows; whatever it raises (a cancel)
-    stops the workers and propagates.
+    stops the workers and propagates. `on_rank_plan` gets each rank's own memory plan (`rank_plan`) as it
+    reports it; a rank whose device cannot fit the run fails it with RankWontFitError.
     """
     world_size = len(job.devices)
     authkey = secrets.token_bytes(32)
@@ -92,7 +95,7 @@ def sample_on_devices(
             for rank in range(world_size):
                 workers.append(subprocess.Popen(worker_command(rank, world_size, port, listener.address[1]),
                                                 env=_worker_env(authkey), cwd=CORE_PARENT))
-            result = _watch(workers, messages, job, on_window, poll_s)
+            result = _watch(workers, messages, job, on_window, on_rank_plan, poll_s)
             for worker in workers:
                 _wait(worker, STOP_GRACE_S)
             return result
@@ -134,7 +137,7 @@ def _wait(worker: subprocess.Popen, timeout_s: float) -> None:
 
 
 def _watch(workers: list[subprocess.Popen], messages: queue.Queue, job: RankJob, on_window: Callable[[int, int], None],
-           poll_s: float) -> Any:
+           on_rank_plan: Callable[[RankPlan], None], poll_s: float) -> Any:
     last_message = time.monotonic()
     quiet_after_exit = 0
     while True:
@@ -149,6 +152,12 @@ def _watch(workers: list[subprocess.Popen], messages: queue.Queue, job: RankJob,
                 return message[1]
             if kind == "progress":
                 on_window(message[1], message[2])
+            elif kind == "plan":
+                plan = RankPlan.from_plain(message[2])
+                logger.info("%s", plan.note())
+                on_rank_plan(plan)
+            elif kind == "refused":  # before any collective: the cause, whatever the peers do next
+                raise RankWontFitError(*message[2:])
             elif kind == "error":
                 # a rank whose peer was killed fails in the collective: name the dead peer, the root cause
                 raise _dead_peer(workers, job, message[1]) or _rank_error(job, *message[1:])
@@ -185,7 +194,7 @@ def _dead_peer(workers: list[subprocess.Popen], job: RankJob, reporter: int) -> 
         time.sleep(0.05)
 
 
-def _late_error(messages: queue.Queue, workers: list[subprocess.Popen], job: RankJob) -> RankFailedError | None:
+def _late_error(messages: queue.Queue, workers: list[subprocess.Popen], job: RankJob) -> SonicGuardError | None:
     """The error a rank reported just before exiting, if it arrives within a moment (it beats an exit code)."""
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
@@ -193,6 +202,8 @@ def _late_error(messages: queue.Queue, workers: list[subprocess.Popen], job: Ran
             message = messages.get(timeout=0.1)
         except queue.Empty:
             continue
+        if message[0] == "refused":
+            return RankWontFitError(*message[2:])
         if message[0] == "error":
             return _dead_peer(workers, job, message[1]) or _rank_error(job, *message[1:])
     return None

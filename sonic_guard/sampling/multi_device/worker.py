@@ -2,9 +2,11 @@
 
 Started by the launcher as `python -m sonic_guard.sampling.multi_device.worker --rank R ...`; it connects back to the
 parent (authkey in the environment), receives the job and sends messages over that connection:
+("plan", rank, its RankPlan as plain data) from every rank once it has planned its device,
 ("progress", done, total) from rank 0 after every window,
-("result", the latents tensor) from rank 0 at the end, ("error", rank, type name, message, traceback)
-from any rank that fails; a failing rank then exits non-zero.
+("result", the latents tensor) from rank 0 at the end, ("refused", rank, problem, expected, fix) from a rank whose
+device cannot fit the run, ("error", rank, type name, message, traceback) from any rank that fails otherwise;
+a failing rank then exits non-zero.
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ...memory.estimator import MemoryEstimator
+from ...memory.free_memory import planned_free_bytes
 from ...models.checkpoints import load_sonic_models
 from ...runs.runtime import RunHooks
 from .channel import AUTHKEY_ENV, receive_plain, send_plain
+from .devices import compute_device
 from .exchange import CollectiveExchange
 from .payload import RankJob
+from .rank_plan import RankWontFitError, plan_rank
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +41,7 @@ def run_rank(rank: int, world_size: int, port: int, plain_job: dict[str, Any], m
     try:
         job = RankJob.from_plain(plain_job)
         torch.set_num_threads(job.threads_per_rank)
-        device = torch.device(job.devices[rank])
+        device = compute_device(job.devices[rank])
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(
@@ -49,6 +55,9 @@ def run_rank(rank: int, world_size: int, port: int, plain_job: dict[str, Any], m
             dist.destroy_process_group()
         if rank == 0:
             messages.put(("result", latents.contiguous()))
+    except RankWontFitError as exc:  # the parent raises it again as it is: a plan refusal, not a crash
+        messages.put(("refused", rank, exc.problem, exc.expected, exc.fix))
+        raise
     except BaseException as exc:  # reported to the parent, then re-raised so the exit code says it failed
         messages.put(("error", rank, type(exc).__name__, str(exc), traceback.format_exc()))
         raise
@@ -56,11 +65,17 @@ def run_rank(rank: int, world_size: int, port: int, plain_job: dict[str, Any], m
 
 def _sample(job: RankJob, rank: int, world_size: int, device: torch.device, messages: Any) -> torch.Tensor:
     # pipeline starts these workers (it imports the launcher), so the worker imports it only when it runs
+    from ...job import model_configs_of
     from ...runs.pipeline import default_placer, sample_clip
 
-    plan = job.plan
-    models = load_sonic_models(job.model_paths, with_rife=False, dtype=plan.torch_dtype)
-    logger.info("rank %d/%d on %s: models loaded from %s", rank, world_size, device, job.model_paths.root)
+    name = job.devices[rank]
+    free_bytes = planned_free_bytes(name)  # before loading: the plan counts the weights itself
+    models = load_sonic_models(job.model_paths, with_rife=False, dtype=job.plan.torch_dtype)
+    logger.info("rank %d/%d on %s: models loaded from %s", rank, world_size, name, job.model_paths.root)
+    estimator = MemoryEstimator(model_configs_of(models), device_type=device.type)
+    plan, reported = plan_rank(job.plan, rank, name, free_bytes, estimator)
+    logger.info("%s", reported.note())
+    messages.put(("plan", rank, reported.to_plain()))
 
     def on_window(done: int, total: int) -> None:
         if rank == 0:

@@ -1,0 +1,99 @@
+"""Each rank of a multi-device run plans its own memory levers for its own device (real gloo worker processes).
+
+Two CPU ranks given different budgets (SONIC_GUARD_FREE_MEMORY_BYTES "cpu:1=...") report different lever plans;
+their video stays within the fp32 noise the levers themselves cause, measured here in one process. A rank whose
+budget cannot hold the size even with every lever fails the run at once, naming the rank, device and bytes, and
+leaves no worker behind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+from test_distributed_windows import CPU, SEED, live_workers, models, rank_job, run_inputs, torch_threads
+
+from sonic_guard.job import model_configs_of
+from sonic_guard.memory.estimator import MemoryEstimator
+from sonic_guard.memory.free_memory_cap import ENV_VAR
+from sonic_guard.memory.planner import DEFAULT_SAFETY_MARGIN
+from sonic_guard.runs.pipeline import default_placer, sample_clip
+from sonic_guard.runs.runtime import RunHooks
+from sonic_guard.sampling.multi_device.launcher import sample_on_devices
+from sonic_guard.sampling.multi_device.rank_plan import RankPlan, RankStagesEstimator, RankWontFitError
+
+__all__ = ["models", "run_inputs"]  # the fixtures, shared with the bit-for-bit tests
+
+# the levers the planner takes in order (levers.LEVER_ORDER) up to one CFG branch at a time
+UP_TO_CFG = {"offload_idle_models": True, "ff_chunk": 4, "cfg_batch": 1}
+EVERY_LEVER = {**UP_TO_CFG, "unet_weight_offload": True}
+UP_TO_FF = {"offload_idle_models": True, "ff_chunk": 4}
+
+
+def needed_free(models, plan, **levers) -> int:
+    """The free bytes the planner asks of a rank for `plan` with `levers` (its peak over the safety margin)."""
+    estimator = RankStagesEstimator(MemoryEstimator(model_configs_of(models), device_type="cpu"))
+    return int(estimator.estimate(replace(plan, **levers)).peak_bytes / (1.0 - DEFAULT_SAFETY_MARGIN)) + 1
+
+
+def one_process(models, run_inputs, **levers) -> torch.Tensor:
+    conditioning, settings, plan = run_inputs
+    plan = replace(plan, **levers)
+    with torch_threads(1):
+        return sample_clip(models, conditioning, settings, plan, default_placer(CPU, plan), CPU, RunHooks(),
+                           seed=SEED, on_window=lambda done, total: None)
+
+
+def two_cpu_ranks(models, run_inputs):
+    return replace(rank_job(models, run_inputs, 2, timeout_s=60.0), devices=("cpu:0", "cpu:1"))
+
+
+def test_ranks_with_different_budgets_choose_their_own_levers(models, run_inputs, monkeypatch) -> None:
+    plan = run_inputs[2]
+    # between what one CFG branch at a time needs and what feed-forward chunking alone needs
+    budget = (needed_free(models, plan, **UP_TO_CFG) + needed_free(models, plan, **UP_TO_FF)) // 2
+    monkeypatch.setenv(ENV_VAR, f"cpu:1={budget}")
+    reported: list[RankPlan] = []
+    got = sample_on_devices(two_cpu_ranks(models, run_inputs), lambda done, total: None,
+                            on_rank_plan=reported.append)
+    plans = {plan.rank: plan for plan in reported}
+    assert sorted(plans) == [0, 1], reported
+    roomy, tight = plans[0], plans[1]
+    assert roomy.device == "cpu:0" and roomy.levers_applied == () and roomy.cfg_batch == 3, roomy
+    assert roomy.free_bytes > budget  # uncapped: the RAM the worker measured
+    assert tight.device == "cpu:1" and tight.free_bytes == budget, tight
+    assert (tight.offload_idle_models, tight.ff_chunk, tight.cfg_batch, tight.unet_weight_offload) == (
+        True, 4, 1, False), tight
+    assert tight.note().startswith("rank 1 (cpu:1): CFG one branch at a time") and "GiB free" in tight.note()
+    assert live_workers() == []
+
+    # fp32 noise of the levers, measured in one process: all windows batched vs all windows with rank 1's levers
+    batched = one_process(models, run_inputs)
+    with_levers = one_process(models, run_inputs, **UP_TO_CFG)
+    noise = (with_levers - batched).abs().max().item()
+    difference = (got - batched).abs().max().item()
+    # rank 1's windows carry that noise, rank 0's none; where the two kinds of window are blended the sum may
+    # round once more: one fp32 unit at the latents' largest magnitude
+    rounding = torch.finfo(torch.float32).eps * batched.abs().max().item()
+    print(f"rank levers: max |mixed ranks - one process| = {difference:.3e}, lever noise = {noise:.3e}, "
+          f"one rounding = {rounding:.1e}")
+    assert 0 < noise and difference <= noise + rounding, (difference, noise, rounding)
+
+
+def test_a_rank_too_small_for_the_size_fails_fast_and_names_itself(models, run_inputs, monkeypatch) -> None:
+    plan = run_inputs[2]
+    smallest = needed_free(models, plan, **EVERY_LEVER)
+    monkeypatch.setenv(ENV_VAR, f"cpu:1={smallest // 2}")
+    started = time.monotonic()
+    with pytest.raises(RankWontFitError) as caught:
+        sample_on_devices(two_cpu_ranks(models, run_inputs), lambda done, total: None)
+    elapsed = time.monotonic() - started
+    message = str(caught.value)
+    assert caught.value.reason == "will_not_fit"  # the editor shows it as a refusal, not a crash
+    assert f"rank 1 (cpu:1) cannot run the sampling at {plan.width}x{plan.height}" in message, message
+    assert f"({smallest // 2} bytes) free" in message and "GiB free" in message and "Fix:" in message, message
+    assert "unet_weight_offload" in message, message  # every lever was tried first
+    assert elapsed < 45.0, f"the refusal took {elapsed:.1f} s"
+    assert live_workers() == []
