@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .conditioning.reference_image import PreparedReference, prepare_reference
+from .errors import MemoryPlanError
 from .face import make_face_detector
 from .inputs.audio_loading import LoadedAudio
 from .memory.estimator import MemoryEstimator
@@ -154,6 +155,26 @@ def plan_for(inputs: PreflightInputs, plannable_bytes: int, env: JobEnvironment)
     return decide(inputs, plannable_bytes, env.estimator, time_model)
 
 
+def plan_on_tightest(inputs: PreflightInputs, device_free: dict[str, int], env: JobEnvironment) -> PlanDecision:
+    """The plan for the device with the least memory among the run's (one device: the run's own); a refusal
+    names that device when it is not the server's own."""
+    tightest = min(device_free, key=lambda name: device_free[name])
+    try:
+        return plan_for(inputs, device_free[tightest], env)
+    except MemoryPlanError as error:
+        if tightest == str(env.device):
+            raise
+        named = MemoryPlanError(
+            problem=f"{tightest} has the least free memory of the listed devices ({device_free[tightest]} bytes): "
+                    f"{error.problem}",
+            expected=error.expected,
+            fix=f"{error.fix.rstrip('.')}; or free memory on {tightest}, raise its SONIC_GUARD_FREE_MEMORY_BYTES "
+                f"entry, or remove it from devices",
+        )
+        named.decision = getattr(error, "decision", None)  # type: ignore[attr-defined]
+        raise named from error
+
+
 def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobOutcome:
     started = time.perf_counter()
     detector = make_face_detector(models.face_detector_path)
@@ -168,7 +189,7 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
                               preset=job.preset, time_budget_s=job.time_budget_s,
                               dtype=dtype_name(next(models.unet.parameters()).dtype))
     device_free = free_bytes_by_device(env.device, room.plannable_bytes, settings.device_list, env.free_memory_on)
-    decision = plan_for(inputs, min(device_free.values()), env)
+    decision = plan_on_tightest(inputs, device_free, env)
     plan = decision.plan
     adjustments: list[dict[str, Any]] = []
     rank_plans: list[dict[str, Any]] = []

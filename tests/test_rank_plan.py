@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import portrait_rgb
 from test_distributed_windows import CPU, SEED, live_workers, models, rank_job, run_inputs, torch_threads
 
-from sonic_guard.job import model_configs_of
+from sonic_guard.errors import MemoryPlanError
+from sonic_guard.inputs.audio_loading import LoadedAudio, fit_duration, load_audio_file
+from sonic_guard.job import JobEnvironment, JobRequest, add_rank_plans, model_configs_of, run_job
 from sonic_guard.memory.estimator import MemoryEstimator
 from sonic_guard.memory.free_memory_cap import ENV_VAR
 from sonic_guard.memory.planner import DEFAULT_SAFETY_MARGIN
@@ -23,11 +27,13 @@ from sonic_guard.runs.pipeline import default_placer, sample_clip
 from sonic_guard.runs.runtime import RunHooks
 from sonic_guard.sampling.multi_device.launcher import sample_on_devices
 from sonic_guard.sampling.multi_device.rank_plan import RankPlan, RankStagesEstimator, RankWontFitError
+from sonic_guard.settings import GenerationSettings
 
 __all__ = ["models", "run_inputs"]  # the fixtures, shared with the bit-for-bit tests
 
 # the levers the planner takes in order (levers.LEVER_ORDER) up to one CFG branch at a time
 UP_TO_CFG = {"offload_idle_models": True, "ff_chunk": 4, "cfg_batch": 1}
+GIB = 1024**3
 EVERY_LEVER = {**UP_TO_CFG, "unet_weight_offload": True}
 UP_TO_FF = {"offload_idle_models": True, "ff_chunk": 4}
 
@@ -68,6 +74,14 @@ def test_ranks_with_different_budgets_choose_their_own_levers(models, run_inputs
         True, 4, 1, False), tight
     assert tight.note().startswith("rank 1 (cpu:1): CFG one branch at a time") and "GiB free" in tight.note()
     assert live_workers() == []
+    # what the run's report shows of them (run_job collects the plans the launcher hands on)
+    report: dict = {"notes": []}
+    add_rank_plans(report, {"cpu": 8 * budget, "cpu:0": roomy.free_bytes, "cpu:1": budget},
+                   [plan.to_plain() for plan in reversed(reported)])
+    assert [plan["rank"] for plan in report["rank_plans"]] == [0, 1]
+    assert report["notes"][0].startswith("size and steps planned for the tightest device, cpu:1")
+    assert report["notes"][1:] == [roomy.note(), tight.note()]
+    assert RankPlan.from_plain(report["rank_plans"][1]) == tight
 
     # fp32 noise of the levers, measured in one process: all windows batched vs all windows with rank 1's levers
     batched = one_process(models, run_inputs)
@@ -97,3 +111,46 @@ def test_a_rank_too_small_for_the_size_fails_fast_and_names_itself(models, run_i
     assert "unet_weight_offload" in message, message  # every lever was tried first
     assert elapsed < 45.0, f"the refusal took {elapsed:.1f} s"
     assert live_workers() == []
+
+
+def job_environment(models, free_on) -> JobEnvironment:
+    """The server's own device is the CPU with 64 GiB; `free_on` answers for the other listed devices."""
+    return JobEnvironment(
+        device=CPU, free_memory=lambda: 64 * GIB, is_oom=lambda error: isinstance(error, torch.OutOfMemoryError),
+        release_memory=lambda: None, estimator=MemoryEstimator(model_configs_of(models)), free_memory_on=free_on,
+    )
+
+
+def spread_job(tmp_path: Path, audio: LoadedAudio) -> JobRequest:
+    return JobRequest(image=portrait_rgb(), audio=audio, output_path=tmp_path / "out.mp4",
+                      settings=GenerationSettings(min_resolution=128, inference_steps=1, interpolation="none",
+                                                  devices="cpu:0,cpu:1"))
+
+
+@pytest.fixture(scope="module")
+def one_second(tmp_path_factory: pytest.TempPathFactory) -> LoadedAudio:
+    from conftest import speak
+
+    return fit_duration(load_audio_file(speak(tmp_path_factory.mktemp("hi") / "hi.wav", "Hi there.")), 1.0)[0]
+
+
+def test_the_size_is_planned_for_the_tightest_device(models, one_second, tmp_path: Path) -> None:
+    free = {"cpu:0": 56 * GIB, "cpu:1": 48 * GIB}
+    report = run_job(models, spread_job(tmp_path, one_second), job_environment(models, free.__getitem__)).report
+    assert report["device_free_bytes"] == {"cpu": 64 * GIB, **free}
+    assert "size and steps planned for the tightest device, cpu:1 (48.00 GiB free)" in " ".join(report["notes"])
+    assert report["sampling_devices"] == ["cpu:0", "cpu:1"] and report["video"]["frames"] > 0
+    assert live_workers() == []
+
+
+def test_a_listed_device_too_small_for_any_plan_is_refused_before_any_worker_starts(models, one_second,
+                                                                                   tmp_path: Path) -> None:
+    free = {"cpu:0": 56 * GIB, "cpu:1": 1024**2}
+    started = time.monotonic()
+    with pytest.raises(MemoryPlanError) as caught:
+        run_job(models, spread_job(tmp_path, one_second), job_environment(models, free.__getitem__))
+    message = str(caught.value)
+    assert message.startswith(f"cpu:1 has the least free memory of the listed devices ({1024**2} bytes)"), message
+    assert "remove it from devices" in message and "Expected:" in message, message
+    assert time.monotonic() - started < 30.0 and live_workers() == []
+    assert not (tmp_path / "out.mp4").exists()
