@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-ATTENTION_BACKENDS = ("flash", "mem_efficient", "math")
-O_TOKENS_BACKENDS = frozenset({"flash", "mem_efficient"})
+from .plan import ATTENTION_BACKENDS, O_TOKENS_BACKENDS
+
+__all__ = ["ATTENTION_BACKENDS", "O_TOKENS_BACKENDS", "AttentionModel", "device_attention_backends"]
 
 
 def _fused_attention(query: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,9 @@ Activation peaks are simulated once per shape and kept in the estimator's `Stage
 and repeated questions cost nothing after the first time. Within simulations a `MetaOpMemo` answers repeated meta
 ops from recorded output metadata (same bytes, a fraction of the time), and with an `EstimateCache` the figures
 outlive the process: after a restart the first pre-flight reads them instead of building and running the models.
+
+The modules that build and simulate (`meta_models` pulls in diffusers and transformers, seconds of imports) are
+imported on the first simulation only, so a pre-flight answered from the cache never loads them.
 """
 
 from __future__ import annotations
@@ -15,19 +18,16 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..models.configs import ModelConfigs
-from . import stage_simulation as stages
-from .attention_model import O_TOKENS_BACKENDS
 from .estimate_cache import EstimateCache, estimate_scope
 from .fitted_corrections import AllocatorCalibration, default_calibration
-from .free_memory import cuda_allocator_kind
-from .meta_models import MetaModels
-from .meta_op_memo import MetaOpMemo
-from .plan import ExecutionPlan, MemoryEstimate, StageEstimate
-from .tracker import CUDA_BLOCK_BYTES
+from .plan import FIXED_MODEL_DTYPES, O_TOKENS_BACKENDS, ExecutionPlan, MemoryEstimate, StageEstimate
+
+if TYPE_CHECKING:
+    from .meta_models import MetaModels
+    from .meta_op_memo import MetaOpMemo
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +78,12 @@ class MemoryEstimator:
         # Exact simulations by shape family (stage key without width/height): the area-scaling fast path.
         self._families: dict[Hashable, tuple[int, int]] = {}
         if calibration is None:
-            kind = allocator or (cuda_allocator_kind() if device_type == "cuda" else "native")
-            calibration = default_calibration(device_type, kind)
+            calibration = default_calibration(device_type, allocator or _allocator_kind(device_type))
         self.calibration = calibration
-        self.block = block if block is not None else (1 if device_type == "cpu" else CUDA_BLOCK_BYTES)
-        self.models = MetaModels(self.configs)
+        self.block = block if block is not None else _default_block(device_type)
+        self._models: MetaModels | None = None  # built on the first simulation (see `models`)
         self.cache = StageCache()
-        self.op_memo = MetaOpMemo()  # shared by every simulation of this estimator: repeated ops cost ~nothing
+        self._op_memo: MetaOpMemo | None = None
         # The badge (a server thread) and the generator (the prompt worker) share one estimator: its meta modules
         # are reconfigured per simulation (feed-forward chunking), so one estimate runs at a time.
         self._lock = threading.Lock()
@@ -96,6 +95,24 @@ class MemoryEstimator:
         if cache is not None:
             self._scope = estimate_scope(self._fingerprint, device_type=device_type, block=self.block)
             self._preload(cache.load(self._scope))
+
+    @property
+    def models(self) -> MetaModels:
+        """The meta-device modules; the first use imports diffusers/transformers and builds nothing yet."""
+        if self._models is None:
+            from .meta_models import MetaModels
+
+            self._models = MetaModels(self.configs)
+        return self._models
+
+    @property
+    def op_memo(self) -> MetaOpMemo:
+        """Shared by every simulation of this estimator: repeated ops cost ~nothing."""
+        if self._op_memo is None:
+            from .meta_op_memo import MetaOpMemo
+
+            self._op_memo = MetaOpMemo()
+        return self._op_memo
 
     def _preload(self, stored: dict[str, int]) -> None:
         """Figures from an earlier process: activations join the shape cache, weights the weight figures."""
@@ -129,20 +146,17 @@ class MemoryEstimator:
             return
         self._unsaved = {}
 
-    def _model_dtype(self, name: str, plan: ExecutionPlan) -> torch.dtype:
-        if name == "whisper":
-            return stages.WHISPER_DTYPE
-        return stages.RIFE_DTYPE if name == "rife" else plan.torch_dtype
-
     def _model_bytes(self, name: str, plan: ExecutionPlan) -> int:
         streamed = name == "unet" and plan.unet_weight_offload
-        dtype = self._model_dtype(name, plan)
-        key = "w:" + json.dumps([name, str(dtype), streamed])
+        dtype = FIXED_MODEL_DTYPES.get(name, plan.dtype)
+        key = "w:" + json.dumps([name, f"torch.{dtype}", streamed])  # str(torch dtype): the stored files' keys
         if key not in self._weights:
+            import torch  # a figure not in the cache: the modules are built and measured
+
             if streamed:
                 value = self.models.streamed_unet_bytes(plan.torch_dtype, self.block)
             else:
-                value = self.models.weight_bytes(name, dtype, self.block)
+                value = self.models.weight_bytes(name, getattr(torch, dtype), self.block)
             self._weights[key] = value
             self._remember(key, value)
         return self._weights[key]
@@ -172,6 +186,8 @@ class MemoryEstimator:
             return self._simulate_stage(stage, p)
 
     def _simulate_stage(self, stage: str, p: ExecutionPlan) -> int:
+        from . import stage_simulation as stages
+
         block = self.block
         if stage == "unet_window":
             return stages.simulate_unet_window(self.models.get("unet", p.torch_dtype), p, self.configs, block)
@@ -247,6 +263,23 @@ class MemoryEstimator:
     def set_calibration(self, calibration: AllocatorCalibration) -> None:
         """New allocator calibration (e.g. refitted from history); the activation cache stays valid."""
         self.calibration = calibration
+
+
+def _allocator_kind(device_type: str) -> str:
+    if device_type != "cuda":
+        return "native"
+    from .free_memory import cuda_allocator_kind  # asks torch
+
+    return cuda_allocator_kind()
+
+
+def _default_block(device_type: str) -> int:
+    """CUDA rounds allocations to 512 B; the CPU allocator does not round."""
+    if device_type == "cpu":
+        return 1
+    from .tracker import CUDA_BLOCK_BYTES
+
+    return CUDA_BLOCK_BYTES
 
 
 def estimate_peak(plan: ExecutionPlan, model_configs: ModelConfigs | None = None, free_bytes: int | None = None,

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from .attention_model import ATTENTION_BACKENDS
-
-DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# Plain names, not torch objects: a plan answered from the estimate cache needs no torch import (server restart).
+DTYPES = ("float16", "bfloat16", "float32")
+# SDPA backends a plan may name; "flash"/"mem_efficient" are O(tokens), "math" materialises the scores.
+ATTENTION_BACKENDS = ("flash", "mem_efficient", "math")
+O_TOKENS_BACKENDS = frozenset({"flash", "mem_efficient"})
+# Models whose dtype is not the plan's: the official code keeps whisper in fp32; RIFE runs on fp32 frames.
+FIXED_MODEL_DTYPES = {"whisper": "float32", "rife": "float32"}
 SIZE_STEP = 64
 WINDOW_FRAMES = 25
 
@@ -50,7 +55,7 @@ class ExecutionPlan:
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.decode_chunk < 1 or self.inference_steps < 1:
             raise ValueError("decode_chunk and inference_steps must be >= 1")
         if self.ff_chunk is not None and self.ff_chunk < 2:
@@ -58,7 +63,9 @@ class ExecutionPlan:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        import torch  # only simulations and runs need the object
+
+        return getattr(torch, self.dtype)
 
     @property
     def latent_size(self) -> tuple[int, int]:

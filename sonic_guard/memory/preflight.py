@@ -15,9 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInputError, MemoryPlanError
 from ..models.configs import ModelConfigs
@@ -27,6 +25,9 @@ from .fitted_corrections import AllocatorCalibration, TimeModel
 from .plan import RunRequest
 from .planner import POLICIES, Estimator, PlanDecision, plan_run
 from .presets import PRESET_CHOICES, preset_request
+
+if TYPE_CHECKING:
+    import torch
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 DEFAULT_PLAN_SECONDS = 10.0  # the badge plans for 10 s when no duration is set (duration does not move the peak)
@@ -64,6 +65,7 @@ def plan_dtype(precision: str, device_type: str) -> torch.dtype:
     if precision not in PRECISIONS:
         raise BadInputError(problem=f"precision '{precision}' is not known", expected=f"one of {PRECISIONS}",
                             fix="pick one of those")
+    import torch  # the loader's question; a cached pre-flight itself needs no torch
     if precision == "auto":
         # fp16 is the reference's choice on GPUs; on the CPU many fp16 kernels are missing or slow.
         return torch.float16 if device_type in ("cuda", "mps") else torch.float32

@@ -11,13 +11,13 @@ from torch import nn
 
 from ..models.configs import ModelConfigs
 from .attention_model import AttentionModel
-from .plan import ExecutionPlan
+from .plan import FIXED_MODEL_DTYPES, ExecutionPlan
 from .tracker import LiveBytesTracker
 
 META = torch.device("meta")
 CFG_BRANCHES = 3
-WHISPER_DTYPE = torch.float32  # the official code keeps whisper in fp32 whatever the run's dtype
-RIFE_DTYPE = torch.float32  # interpolation runs on fp32 frames
+WHISPER_DTYPE = getattr(torch, FIXED_MODEL_DTYPES["whisper"])  # fp32 whatever the run's dtype, as the official
+RIFE_DTYPE = getattr(torch, FIXED_MODEL_DTYPES["rife"])  # interpolation runs on fp32 frames
 RIFE_PAIRS = 1  # frame pairs per interpolation call: decoded frames stream through one pair at a time
 
 
