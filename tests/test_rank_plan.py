@@ -70,8 +70,8 @@ def test_ranks_with_different_budgets_choose_their_own_levers(models, run_inputs
     assert roomy.device == "cpu:0" and roomy.levers_applied == () and roomy.cfg_batch == 3, roomy
     assert roomy.free_bytes > budget  # uncapped: the RAM the worker measured
     assert tight.device == "cpu:1" and tight.free_bytes == budget, tight
-    assert (tight.offload_idle_models, tight.ff_chunk, tight.cfg_batch, tight.unet_weight_offload) == (
-        True, 4, 1, False), tight
+    # the ladder (levers.LEVER_ORDER) stops at one CFG branch at a time, before weight streaming
+    assert tight.cfg_batch == 1 and not tight.unet_weight_offload and "cfg_batch: 3→1" in tight.levers_applied, tight
     assert tight.note().startswith("rank 1 (cpu:1): CFG one branch at a time") and "GiB free" in tight.note()
     assert live_workers() == []
     # what the run's report shows of them (run_job collects the plans the launcher hands on)
