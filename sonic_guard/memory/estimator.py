@@ -182,24 +182,20 @@ class MemoryEstimator:
         raise KeyError(f"unknown stage {stage!r}")
 
     def _simulate(self, stage: str, p: ExecutionPlan) -> int:
-        with self.op_memo.mode():
-            return self._simulate_stage(stage, p)
-
-    def _simulate_stage(self, stage: str, p: ExecutionPlan) -> int:
         from . import stage_simulation as stages
 
-        block = self.block
+        block, memo, models = self.block, self.op_memo, self.models
         if stage == "unet_window":
-            return stages.simulate_unet_window(self.models.get("unet", p.torch_dtype), p, self.configs, block)
+            return stages.simulate_unet_window(models.get("unet", p.torch_dtype), p, self.configs, block, memo)
         if stage == "vae_decode":
-            return stages.simulate_vae_decode(self.models.get("vae", p.torch_dtype), p, block)
+            return stages.simulate_vae_decode(models.get("vae", p.torch_dtype), p, block, memo)
         if stage == "vae_encode":
-            return stages.simulate_vae_encode(self.models.get("vae", p.torch_dtype), p, block)
+            return stages.simulate_vae_encode(models.get("vae", p.torch_dtype), p, block, memo)
         if stage == "clip_encode":
-            return stages.simulate_clip(self.models.get("clip", p.torch_dtype), p, block)
+            return stages.simulate_clip(models.get("clip", p.torch_dtype), p, block, memo)
         if stage == "interpolate":
-            return stages.simulate_interpolation(self.models.get("rife", stages.RIFE_DTYPE), p, block)
-        return stages.simulate_whisper(self.models.get("whisper", stages.WHISPER_DTYPE), p, self.configs, block)
+            return stages.simulate_interpolation(models.get("rife", stages.RIFE_DTYPE), p, block, memo)
+        return stages.simulate_whisper(models.get("whisper", stages.WHISPER_DTYPE), p, self.configs, block, memo)
 
     def _activation(self, stage: str, plan: ExecutionPlan, exact: bool) -> tuple[int, str]:
         """(bytes, how): how is "simulated", "cached" or "scaled" (area fast path)."""

@@ -10,6 +10,9 @@ recorded size, as the kernel's was.
 
 Only ops that cannot alias or mutate qualify (no alias annotation on any return, no mutable argument), only on
 meta tensors, and only if the recorded outputs were fresh, distinct, dense storages; anything else runs the op.
+
+The memo and the byte counting are one dispatch mode (`MemoTracker`, a `LiveBytesTracker`): a second mode under
+the tracker would cost another Python dispatch layer per op, which is most of a cached op's remaining time.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from .tracker import LiveBytesTracker
 
 META = torch.device("meta")
 _SCALARS = (bool, int, float, str, torch.dtype, torch.device, torch.memory_format, torch.layout)
@@ -38,10 +42,9 @@ class _OutputMeta:
 def _signature(value: Any) -> Any:
     """A hashable stand-in for one op argument: tensors by metadata, scalars by type and value."""
     if isinstance(value, torch.Tensor):
-        if value.device.type != "meta" or value.is_sparse or value.is_quantized:
+        if not value.is_meta or value.is_sparse or value.is_quantized:
             raise _NotMemoizable
-        return (torch.Tensor, tuple(value.shape), value.stride(), value.dtype, value.storage_offset(),
-                value.requires_grad)
+        return (torch.Tensor, value.shape, value.stride(), value.dtype, value.storage_offset(), value.requires_grad)
     if isinstance(value, (list, tuple)):
         return (type(value), tuple(_signature(item) for item in value))
     if isinstance(value, dict):
@@ -54,6 +57,12 @@ def _signature(value: Any) -> Any:
 def _functional(func: Any) -> bool:
     schema = func._schema
     return not schema.is_mutable and all(ret.alias_info is None for ret in schema.returns)
+
+
+def _returns_alias(func: Any) -> bool:
+    """Every return is annotated as an input's alias (a view or an in-place result): its storage is an input's."""
+    returns = func._schema.returns
+    return bool(returns) and all(ret.alias_info is not None for ret in returns)
 
 
 def _fresh_outputs(out: Any, args: tuple, kwargs: dict) -> tuple[_OutputMeta, ...] | None:
@@ -93,42 +102,71 @@ class MetaOpMemo:
 
     outputs: dict[Any, tuple[tuple[_OutputMeta, ...], type] | None] = field(default_factory=dict)
     functional: dict[Any, bool] = field(default_factory=dict)
+    aliasing: dict[Any, bool] = field(default_factory=dict)
     hits: int = 0
     misses: int = 0
 
-    def mode(self) -> MetaOpMemoMode:
-        """A dispatch mode reading and filling this memo; enter it outside the simulation's tracker."""
-        return MetaOpMemoMode(self)
+    def tracker(self, block: int) -> MemoTracker:
+        """A live-bytes tracker (allocator `block`) that reads and fills this memo."""
+        return MemoTracker(self, block)
+
+    def returns_alias(self, func: Any) -> bool:
+        aliasing = self.aliasing.get(func)
+        if aliasing is None:
+            aliasing = self.aliasing[func] = _returns_alias(func)
+        return aliasing
+
+    def key(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        """The memo key of one call, or None when the op or an argument cannot be memoised."""
+        functional = self.functional.get(func)
+        if functional is None:
+            functional = self.functional[func] = _functional(func)
+        if not functional:
+            return None
+        try:
+            return (func, _signature(args), _signature(kwargs))
+        except _NotMemoizable:
+            return None
 
 
-class MetaOpMemoMode(TorchDispatchMode):
-    def __init__(self, memo: MetaOpMemo) -> None:
-        super().__init__()
+class MemoTracker(LiveBytesTracker):
+    """Counts live bytes exactly as `LiveBytesTracker` does; a repeated op's outputs come from the memo.
+
+    A memoised output is a new storage of the recorded size, as the kernel's was, so it is counted the same.
+    """
+
+    def __init__(self, memo: MetaOpMemo, block: int) -> None:
+        super().__init__(block)
         self.memo = memo
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         memo = self.memo
-        functional = memo.functional.get(func)
-        if functional is None:
-            functional = memo.functional[func] = _functional(func)
-        try:
-            key = (func, _signature(args), _signature(kwargs)) if functional else None
-        except _NotMemoizable:
-            key = None
-        if key is None:
+        if memo.returns_alias(func):
+            # Half of a UNet's ops (view, transpose, add_, ...): the tracker would find the output's storage among
+            # the inputs' and count nothing, so skip the bookkeeping.
             return func(*args, **kwargs)
-        recorded = memo.outputs.get(key, False)
-        if recorded is None:  # seen before and not memoizable
-            return func(*args, **kwargs)
-        if recorded is not False:
+        key = memo.key(func, args, kwargs)
+        recorded = memo.outputs.get(key, False) if key is not None else None
+        if recorded:
             memo.hits += 1
             metas, container = recorded
             made = [torch.empty_strided(m.size, m.stride, dtype=m.dtype, device=META) for m in metas]
+            for tensor in made:
+                self._track(tensor, _NO_INPUTS)  # fresh storages: never an input's
             return made[0] if container is torch.Tensor else container(made)
-        memo.misses += 1
+        # aten arguments hold tensors only in lists/tuples (and the kwargs dict): the same leaves as torch's
+        # tree_flatten, at a fraction of its cost (it runs for every op that is not a memo hit).
+        input_keys = {t.untyped_storage()._cdata for t in _flat_tensors((args, kwargs))}
         out = func(*args, **kwargs)
-        metas = _fresh_outputs(out, args, kwargs)
-        memo.outputs[key] = None if metas is None else (metas, type(out) if isinstance(out, (list, tuple))
-                                                        else torch.Tensor)
+        if recorded is False:  # a first sight of a memoisable call: remember it (or that it cannot be)
+            memo.misses += 1
+            metas = _fresh_outputs(out, args, kwargs)
+            memo.outputs[key] = None if metas is None else (metas, type(out) if isinstance(out, (list, tuple))
+                                                            else torch.Tensor)
+        for tensor in _flat_tensors(out):
+            self._track(tensor, input_keys)
         return out
+
+
+_NO_INPUTS: frozenset[int] = frozenset()
