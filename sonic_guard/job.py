@@ -330,10 +330,11 @@ def build_report(
 def add_rank_plans(report: dict[str, Any], device_free: dict[str, int], rank_plans: list[dict[str, Any]]) -> None:
     """A multi-device run's planning in its report: each device's free bytes, which one set the size, and the
     plan every rank chose for its own device (one note per rank, e.g. "rank 1 (cuda:1): weight streaming on,
-    5.10 GiB free")."""
+    5.10 GiB free"). A long clip's segments each report their ranks' plans: the last one of each rank stays."""
     tightest = min(device_free, key=lambda name: device_free[name])
+    latest = {plan["rank"]: plan for plan in rank_plans}
     report["device_free_bytes"] = dict(device_free)
-    report["rank_plans"] = sorted(rank_plans, key=lambda plan: plan["rank"])
+    report["rank_plans"] = [latest[rank] for rank in sorted(latest)]
     report["notes"].append(f"size and steps planned for the tightest device, {tightest} "
                            f"({device_free[tightest] / 2**30:.2f} GiB free); each rank re-planned its own "
                            "memory levers")
