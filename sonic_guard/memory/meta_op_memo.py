@@ -3,16 +3,17 @@
 On the meta device most kernels are Python (torch's prims and refs): a simulated UNet window runs ~7,500 of them
 and spends nearly all its time there. The same op on the same input shapes recurs constantly (the layers of a
 block, the ladder's rungs re-running the UNet with one lever changed), and a functional op's output metadata
-depends only on its inputs' metadata. `MetaOpMemo` is a `TorchDispatchMode` that records, per (op, input
-metadata), the outputs' size/stride/dtype and on a repeat creates empty meta tensors with exactly those. The live
-bytes a `LiveBytesTracker` sees are the same by construction: every memoised output is a fresh storage of the
+depends only on its inputs' metadata. `MetaOpMemo` records, per (op, input metadata), the outputs'
+size/stride/dtype, and `MemoTracker` (its dispatch mode) creates empty meta tensors with exactly those on a
+repeat. The live bytes counted are the same by construction: every memoised output is a fresh storage of the
 recorded size, as the kernel's was.
 
 Only ops that cannot alias or mutate qualify (no alias annotation on any return, no mutable argument), only on
 meta tensors, and only if the recorded outputs were fresh, distinct, dense storages; anything else runs the op.
 
-The memo and the byte counting are one dispatch mode (`MemoTracker`, a `LiveBytesTracker`): a second mode under
-the tracker would cost another Python dispatch layer per op, which is most of a cached op's remaining time.
+The memo and the byte counting are one dispatch mode (`MemoTracker` is a `LiveBytesTracker`): a second mode under
+the tracker would cost another Python dispatch layer per op, which is most of a cached op's remaining time. Ops
+whose returns all alias an input (views, in-place ops) run directly: the tracker would count nothing for them.
 """
 
 from __future__ import annotations
