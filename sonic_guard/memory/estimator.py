@@ -273,7 +273,7 @@ def _default_block(device_type: str) -> int:
     """CUDA rounds allocations to 512 B; the CPU allocator does not round."""
     if device_type == "cpu":
         return 1
-    from .tracker import CUDA_BLOCK_BYTES
+    from .fitted_corrections import CUDA_BLOCK_BYTES
 
     return CUDA_BLOCK_BYTES
 

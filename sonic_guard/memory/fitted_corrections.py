@@ -9,6 +9,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+CUDA_BLOCK_BYTES = 512  # the caching allocator rounds every block up to this (kept torch-free for a cache hit)
+
 GIB = 1024**3
 MIB = 1024**2
 UNCALIBRATED = "uncalibrated"

@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .attention_model import O_TOKENS_BACKENDS
-from .plan import ExecutionPlan
+from .plan import O_TOKENS_BACKENDS, ExecutionPlan
 
 ALL_STAGES = frozenset({"face_detect", "clip_encode", "audio_features", "vae_encode", "unet_window", "vae_decode",
                         "interpolate"})

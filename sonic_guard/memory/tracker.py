@@ -17,7 +17,7 @@ from torch.nn import Module
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-CUDA_BLOCK_BYTES = 512
+from .fitted_corrections import CUDA_BLOCK_BYTES
 
 
 def round_up(nbytes: int, block: int) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .rife import RIFE_CHANNELS
+RIFE_CHANNELS = 90  # the IFNet width of the published RIFE flownet.pkl
 
 SVD_XT_UNET_CONFIG: dict[str, Any] = {
     "sample_size": 96,

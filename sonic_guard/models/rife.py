@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-RIFE_CHANNELS = 90
+from .configs import RIFE_CHANNELS
+
 _PAD_MULTIPLE = 32  # the coarsest level downsamples by 4 (scale) x 4 (strided convs) x 2 (headroom)
 
 
