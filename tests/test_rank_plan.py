@@ -140,6 +140,8 @@ def test_the_size_is_planned_for_the_tightest_device(models, one_second, tmp_pat
     assert report["device_free_bytes"] == {"cpu": 64 * GIB, **free}
     assert "size and steps planned for the tightest device, cpu:1 (48.00 GiB free)" in " ".join(report["notes"])
     assert report["sampling_devices"] == ["cpu:0", "cpu:1"] and report["video"]["frames"] > 0
+    assert [plan["rank"] for plan in report["rank_plans"]] == [0, 1]
+    assert any(note.startswith("rank 1 (cpu:1): ") for note in report["notes"]), report["notes"]
     assert live_workers() == []
 
 

@@ -31,9 +31,10 @@ from ..inputs.audio_loading import LoadedAudio
 from ..memory.plan import ExecutionPlan
 from ..models.checkpoints import SonicModelSet
 from ..settings import GenerationSettings
+from ..video.background_writer import BackgroundVideoWriter
 from ..video.interpolate import pad_to_frame_count
 from ..video.lipsync import measure_av_offset
-from ..video.writer import StreamingVideoWriter, VideoFileInfo
+from ..video.writer import VideoFileInfo
 from .pipeline import (
     GENERATED_FPS,
     ClipInputs,
@@ -145,9 +146,9 @@ class _SegmentRun:
                 frames = frame_stream(latents, self.models, self.settings, self.plan, out, switcher,
                                       self.device, self.hooks, previous_frame=previous)
                 frames = pad_to_frame_count(islice(frames, segment.drop_leading(mode), None), count)
-                with StreamingVideoWriter(path, out.width, out.height, out.fps) as writer:
+                with BackgroundVideoWriter(path, out.width, out.height, out.fps,
+                                           observer=self.hooks.observer) as writer:
                     for frame in frames:
-                        switcher.switch("encode")
                         writer.write(frame)
                         last = frame
                     info = writer.close()

@@ -2,7 +2,8 @@
 -> video.
 
 Memory by design: only one UNet window, one decode chunk and one frame pair are on the device at a time;
-the whole-clip latents (a few KiB per frame) live on the CPU; decoded frames are encoded as they arrive.
+the whole-clip latents (a few KiB per frame) live on the CPU; decoded frames are encoded as they arrive, on
+the writer's own thread, so encoding overlaps decode and interpolation.
 The memory plan (`ExecutionPlan`, decided by `memory.planner`) says which levers are on; this module
 only executes it. The stages are public functions so that long audio (`long_audio`) runs the same stages
 segment by segment.
@@ -31,6 +32,8 @@ from ..sampling.multi_device.launcher import DEFAULT_TIMEOUT_S, default_threads_
 from ..sampling.multi_device.payload import RankJob
 from ..sampling.sampler import WindowExchange, sample_latents
 from ..settings import GenerationSettings
+from ..telemetry.stage_observer import StageObserver
+from ..video.background_writer import BackgroundVideoWriter
 from ..video.decode import SVD_LATENT_SCALE, decode_stream, vae_chunk_decoder
 from ..video.interpolate import (
     Midpoint,
@@ -42,7 +45,7 @@ from ..video.interpolate import (
 )
 from ..video.lipsync import MouthMotionMeter, measure_av_offset, mouth_box_from_face
 from ..video.smoothing import smooth_motion
-from ..video.writer import StreamingVideoWriter, VideoFileInfo
+from ..video.writer import VideoFileInfo
 from .runtime import DevicePlacer, ModelPlacer, RunHooks, StageSwitcher, staged
 from .segments import stitch_videos
 
@@ -125,7 +128,7 @@ def generate(
             frames = frame_stream(latents, models, settings, plan, output, switcher, device, hooks)
             video, collected, offset = _encode(
                 pad_to_frame_count(frames, output.target_frames), output_path, output, audio, settings,
-                reference, switcher, collect_frames,
+                reference, hooks.observer, collect_frames,
             )
         finally:
             switcher.close()
@@ -197,7 +200,7 @@ def sample_clip(
                 model_paths=models.paths, conditioning=conditioning, settings=settings, plan=plan, seed=seed,
                 anchor_latents=anchor_latents, devices=settings.device_list,
                 threads_per_rank=default_threads_per_rank(len(settings.device_list)), timeout_s=DEFAULT_TIMEOUT_S,
-            ), on_window)
+            ), on_window, on_rank_plan=lambda rank_plan: hooks.on_adjustment("rank_plan", rank_plan.to_plain()))
     with hooks.observer.stage("sampling"), placer.place("unet", models.unet), placer.place(
         "audio_token_projector", models.audio_token_projector
     ):
@@ -297,16 +300,18 @@ def _encode_reference(
 
 def _encode(
     frames: Iterable[torch.Tensor], output_path: Path, output: OutputFormat, audio: LoadedAudio,
-    settings: GenerationSettings, reference: PreparedReference, switcher: StageSwitcher, collect_frames: bool,
+    settings: GenerationSettings, reference: PreparedReference, observer: StageObserver, collect_frames: bool,
 ) -> tuple[VideoFileInfo, torch.Tensor | None, float | None]:
+    """Stage encode, on the writer's own thread (it overlaps decode and interpolation); the lip-sync meter and
+    the collected frames are read here, in the producer's thread."""
     meter = mouth_meter(settings, reference, output)
     collected: list[np.ndarray] = []
     # With lip-sync correction the audio is muxed after the offset is known, so write the video alone first.
     writer_audio = None if meter is not None else audio_track(audio)
     video_path = output_path.with_name(output_path.stem + ".video" + output_path.suffix) if meter else output_path
-    with StreamingVideoWriter(video_path, output.width, output.height, output.fps, audio=writer_audio) as writer:
+    with BackgroundVideoWriter(video_path, output.width, output.height, output.fps, audio=writer_audio,
+                               observer=observer) as writer:
         for frame in frames:
-            switcher.switch("encode")
             writer.write(frame)
             if meter is not None:
                 meter.update(frame)
@@ -315,8 +320,8 @@ def _encode(
         video = writer.close()
     offset = None
     if meter is not None:
-        switcher.switch("encode")
-        estimate = measure_av_offset(meter.energies, audio.waveform, float(output.fps))
+        with observer.stage("encode"):
+            estimate = measure_av_offset(meter.energies, audio.waveform, float(output.fps))
         offset = estimate.correction_s()
         try:
             video = stitch_videos([video_path], output_path, audio_track(audio), audio_offset_s=offset)

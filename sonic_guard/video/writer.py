@@ -290,6 +290,17 @@ class StreamingVideoWriter:
             video_codec=self._codec,
         )
 
+    def abort(self) -> None:
+        """Stop without finishing: close the container and remove the file (a cancelled or failed run must not
+        leave a short video that looks finished)."""
+        if not self._closed:
+            self._closed = True
+            try:
+                self._container.close()
+            except OSError as error:  # a full disk while flushing: the file goes anyway
+                logger.debug("closing %s to abort it: %s", self.path, error)
+        self.path.unlink(missing_ok=True)
+
     def _abort_disk_full(self, error: OSError) -> DiskFullError:
         """Close what can be closed and remove the half-written file: a truncated mp4 must not look finished."""
         self._closed = True
