@@ -43,8 +43,15 @@ class GuardedOutcome(Generic[R]):
     seconds: float = 0.0
 
 
+STAGE_ATTRIBUTE = "sonic_stage"  # set on an error by the stage it left, so it crosses threads with the error
+
+
 class CurrentStage:
-    """Wraps a stage observer and remembers which stage is running, to say where an OOM happened."""
+    """Wraps a stage observer and remembers which stage is running, to say where an OOM happened.
+
+    Stages run on more than one thread (the encoder has its own), so the stage an error left is written on the
+    error itself; `name` (the last stage opened anywhere) is only the fallback.
+    """
 
     def __init__(self, inner: StageObserver) -> None:
         self.inner = inner
@@ -53,8 +60,17 @@ class CurrentStage:
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         self.name = name
-        with self.inner.stage(name):
-            yield
+        try:
+            with self.inner.stage(name):
+                yield
+        except BaseException as error:
+            if getattr(error, STAGE_ATTRIBUTE, None) is None:
+                with contextlib.suppress(AttributeError, TypeError):  # a few built-in errors take no attributes
+                    setattr(error, STAGE_ATTRIBUTE, name)
+            raise
+
+    def stage_of(self, error: BaseException) -> str:
+        return str(getattr(error, STAGE_ATTRIBUTE, None) or self.name)
 
     def __getattr__(self, attribute: str):  # stage_seconds() and friends of the wrapped observer
         return getattr(self.inner, attribute)
@@ -82,7 +98,7 @@ def run_with_oom_recovery(
         except BaseException as error:  # noqa: BLE001 - only OOMs are handled; everything else re-raises
             if not is_oom(error):
                 raise
-            failure = (tracker.name, _short(error))
+            failure = (tracker.stage_of(error), _short(error))
         if failure is None:
             return GuardedOutcome(result, plan, retries, time.perf_counter() - start)
 
