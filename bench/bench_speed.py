@@ -43,7 +43,14 @@ sys.path[:0] = [str(REPO), str(BENCH)]
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from results_file import write_results  # noqa: E402  (bench/ is on sys.path)
-from speed_measure import DecodeInputs, PeakMemory, UnetCalls, dense_fp16_peak_tflops, difference  # noqa: E402
+from speed_measure import (  # noqa: E402
+    DecodeInputs,
+    PeakMemory,
+    UnetCalls,
+    attention_kernels,
+    dense_fp16_peak_tflops,
+    difference,
+)
 from speed_official import (  # noqa: E402
     StageTimer,
     build_official,
@@ -229,19 +236,27 @@ def baseline(device: torch.device, models: SonicModelSet | None = None) -> None:
         torch.cuda.empty_cache()
 
 
-def warm_up(models: SonicModelSet, device: torch.device, dtype: torch.dtype, size: int, image: Path) -> None:
+def warm_up(models: SonicModelSet, device: torch.device, dtype: torch.dtype, size: int, image: Path
+            ) -> dict[str, Any]:
     """One 3-branch call of our UNet at the window shape both sides run (the official UNet has the same layers),
-    so the side that runs first does not pay the device's and the kernels' first-call costs alone."""
+    so the side that runs first does not pay the device's and the kernels' first-call costs alone; then one more
+    under the profiler: which attention kernels that window call really ran."""
     width, height = frame_size(size, *Image.open(image).size)
     dim, tokens = int(models.unet.config["cross_attention_dim"]), int(models.audio_token_projector.context_tokens)
     models.unet.to(device)
-    with torch.no_grad():
-        models.unet(torch.randn(3, WINDOW_FRAMES, 8, height // 8, width // 8, device=device, dtype=dtype), 0.5,
-                    torch.randn(3, 1, dim, device=device, dtype=dtype),
-                    torch.randn(3, WINDOW_FRAMES, tokens, dim, device=device, dtype=dtype),
-                    torch.randn(3, 3, device=device, dtype=dtype),
-                    torch.rand(1, 1, height, width, device=device, dtype=dtype))
+
+    def window_call() -> None:
+        with torch.no_grad():
+            models.unet(torch.randn(3, WINDOW_FRAMES, 8, height // 8, width // 8, device=device, dtype=dtype), 0.5,
+                        torch.randn(3, 1, dim, device=device, dtype=dtype),
+                        torch.randn(3, WINDOW_FRAMES, tokens, dim, device=device, dtype=dtype),
+                        torch.randn(3, 3, device=device, dtype=dtype),
+                        torch.rand(1, 1, height, width, device=device, dtype=dtype))
+
+    window_call()
+    kernels = attention_kernels(window_call, device)
     baseline(device, models)
+    return kernels
 
 
 def write_models(cfg: BenchConfig) -> dict[str, Any]:
@@ -282,8 +297,8 @@ def measure(cfg: BenchConfig, save: Callable[[dict[str, Any]], None]) -> dict[st
     results["settings"]["video_seconds"] = round(video_seconds, 3)
     models = load_sonic_models(cfg.model_root, dtype=cfg.dtype)
     for size in cfg.sizes:
-        warm_up(models, cfg.device, cfg.dtype, size, image)
-        row: dict[str, Any] = {}
+        attention = warm_up(models, cfg.device, cfg.dtype, size, image)
+        row: dict[str, Any] = {"attention_kernels_ours": attention}
         outputs: dict[str, torch.Tensor] = {}
         results["by_resolution"][str(size)] = row
         sides = [*(["official"] if official_reason is None else []), "ours",
@@ -364,6 +379,7 @@ def headline(results: dict[str, Any], cfg: BenchConfig) -> dict[str, Any]:
         size: round(row["ours"]["end_to_end_s"] / row["ours"]["critical_path_s"], 4) for size, row in rows.items()}
     if not on_gpu:
         notes["wall_over_critical_path"] = "measured on the CPU with the small model (the target is for a GPU)"
+    out["attention_all_fused"] = {size: row["attention_kernels_ours"]["all_fused"] for size, row in rows.items()}
     out["not_measured"] = reasons
     out["notes"] = notes
     out["targets_measured_on_gpu"] = on_gpu

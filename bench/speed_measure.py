@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 # Dense (no sparsity) fp16/bf16 tensor-core peaks in TFLOPS, from the vendors' datasheets; the first name part
@@ -31,6 +33,30 @@ def dense_fp16_peak_tflops(device: torch.device) -> tuple[float | None, str | No
         if part in name:
             return peak, None
     return None, f"GPU {name!r} is not in the bench's table of dense fp16/bf16 peaks (bench/speed_measure.py)"
+
+
+# What torch dispatches scaled_dot_product_attention to: fused kernels (O(tokens) memory) and the math fallback.
+FUSED_SDPA_OPS = ("aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
+                  "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_cudnn_attention",
+                  "aten::_scaled_dot_product_fused_attention_overrideable")
+MATH_SDPA_OPS = ("aten::_scaled_dot_product_attention_math",)
+SOFTMAX_OPS = ("aten::softmax", "aten::_softmax")  # an attention written by hand (or the math path) shows these
+
+
+def attention_kernels(call: Callable[[], None], device: torch.device) -> dict[str, Any]:
+    """Run `call` under torch.profiler and count the attention ops it dispatched: every SDPA call, which kernel
+    each went to, and any softmax (attention outside SDPA). `all_fused`: every attention ran a fused kernel."""
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if device.type == "cuda" else [])]
+    with profile(activities=activities) as prof:
+        call()
+        synchronize(device)
+    counts = Counter(event.name for event in prof.events())
+    sdpa = counts.get("aten::scaled_dot_product_attention", 0)
+    kernels = {name: counts[name] for name in (*FUSED_SDPA_OPS, *MATH_SDPA_OPS) if counts.get(name)}
+    fused = sum(counts.get(name, 0) for name in FUSED_SDPA_OPS)
+    softmax = sum(counts.get(name, 0) for name in SOFTMAX_OPS)
+    return {"sdpa_calls": sdpa, "fused_calls": fused, "softmax_calls": softmax, "kernels": kernels,
+            "all_fused": sdpa > 0 and fused == sdpa and softmax == 0}
 
 
 def synchronize(device: torch.device) -> None:
