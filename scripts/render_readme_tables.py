@@ -318,6 +318,17 @@ def _speed_cells(run: dict[str, Any], pick: Callable[[dict[str, Any]], str]) -> 
     return [pick(run[side]) if run.get(side) else "not run" for side, _ in SPEED_SIDES]
 
 
+def _attention_kernels(data: dict[str, Any]) -> str:
+    """'128²: yes (_scaled_dot_product_flash_attention_for_cpu ×96)' per size, from each size's census."""
+    cells = []
+    for size, run in data["by_resolution"].items():
+        census = run.get("attention_kernels_ours")
+        if census:
+            kernels = ", ".join(f"{name.removeprefix('aten::')} ×{count}" for name, count in census["kernels"].items())
+            cells.append(f"{size}²: {'yes' if census['all_fused'] else 'NO'} ({kernels or 'no SDPA call'})")
+    return "; ".join(cells) or "not measured"
+
+
 def render_speed(data: dict[str, Any]) -> list[str]:
     lines = ["| " + " | ".join(["", *(title for _, title in SPEED_SIDES)]) + " |", "|---|---|---|---|"]
     fraction = lambda v: percent(v, 1, sign=False)  # noqa: E731
@@ -343,9 +354,10 @@ def render_speed(data: dict[str, Any]) -> list[str]:
         ("UNet fraction of the GPU's dense fp16/bf16 peak", _by_size(data, "unet_fraction_of_peak", fraction)),
         ("every memory lever on / unconstrained time",
          not_measured(data["not_measured"].get("levers_time_ratio")) if data.get("levers_time_ratio") is None
-         else f"{data['levers_time_ratio']:.2f}×"),
+         else _by_size(data, "levers_time_ratio", lambda v: f"{v:.2f}×")),
         ("wall / (sampling + slowest of decode, interpolate, encode)",
          _by_size(data, "wall_over_critical_path", lambda v: f"{v:.2f}")),
+        ("every attention of a UNet window on a fused SDPA kernel (torch.profiler)", _attention_kernels(data)),
     ])]
     return lines
 
