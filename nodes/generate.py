@@ -100,8 +100,10 @@ class Generate(io.ComfyNode):
                                 tooltip="Where the mp4 goes, inside ComfyUI's output folder."),
                 io.String.Input("devices", default="", optional=True,
                                 tooltip="Several devices for one video, e.g. " + DEVICES_EXAMPLES + ". One "
-                                "worker process per device; each denoising step's windows are split between them "
-                                "and the result equals the one-device run."),
+                                "worker process per device; each denoising step's windows are split between them. "
+                                "The size is planned for the device with the least free memory; each worker "
+                                "picks its own memory levers, so the result equals the one-device run (within "
+                                "fp32 noise when a worker runs the guidance branches one at a time)."),
             ],
             outputs=[
                 io.Video.Output("video", display_name="video", tooltip="The mp4 with audio (ComfyUI VIDEO)."),
