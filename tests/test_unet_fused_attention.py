@@ -6,14 +6,10 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
+from test_weight_streaming import TINY
 from torch.profiler import ProfilerActivity, profile
 
 from sonic_guard.models.unet import build_sonic_unet
-
-TINY = {
-    "block_out_channels": [32, 32, 32, 32], "num_attention_heads": [2, 2, 2, 2], "cross_attention_dim": 32,
-    "layers_per_block": 1,
-}
 
 
 def test_every_attention_call_runs_a_fused_sdpa_kernel_and_none_runs_softmax() -> None:

@@ -78,9 +78,11 @@ def test_the_video_equals_the_inline_writers_and_encodes_on_its_own_thread(tmp_p
     assert encoder_threads() == []
 
 
-def test_an_exception_in_the_producer_removes_the_file_and_stops_the_thread(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer_class", [BackgroundVideoWriter, StreamingVideoWriter])
+def test_an_exception_in_the_producer_removes_the_file_and_stops_the_thread(tmp_path: Path, writer_class) -> None:
     path = tmp_path / "cancelled.mp4"
-    with pytest.raises(KeyboardInterrupt), BackgroundVideoWriter(path, SIZE, SIZE, FPS, queue_frames=2) as writer:
+    options = {"queue_frames": 2} if writer_class is BackgroundVideoWriter else {}
+    with pytest.raises(KeyboardInterrupt), writer_class(path, SIZE, SIZE, FPS, **options) as writer:
         for index, frame in enumerate(frames(12)):
             writer.write(frame)
             if index == 7:

@@ -19,14 +19,13 @@ import threading
 from contextlib import nullcontext
 from fractions import Fraction
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..telemetry.stage_observer import StageObserver
-from .writer import AudioInput, StreamingVideoWriter, VideoFileInfo
+from .writer import AudioInput, ClosedOrAborted, StreamingVideoWriter, VideoFileInfo
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ _POLL_S = 0.1
 _STOP = object()
 
 
-class BackgroundVideoWriter:
+class BackgroundVideoWriter(ClosedOrAborted):
     """`StreamingVideoWriter`'s interface (write / close / context manager), encoding on a worker thread."""
 
     def __init__(
@@ -133,17 +132,3 @@ class BackgroundVideoWriter:
 
     def _stage(self) -> Any:
         return self._observer.stage("encode") if self._observer is not None else nullcontext()
-
-    def __enter__(self) -> BackgroundVideoWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is not None:
-            self.abort()
-        else:
-            self.close()

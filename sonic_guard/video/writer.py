@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import av
 import numpy as np
@@ -178,7 +179,32 @@ class AudioTrackEncoder:
             self._container.mux(packet)
 
 
-class StreamingVideoWriter:
+class ClosedOrAborted:
+    """`with writer:` closes the file on success and aborts it (removes it) when the block raised: a cancelled or
+    failed run must not leave a short video that looks finished. Subclasses define `close()` and `abort()`."""
+
+    def close(self) -> VideoFileInfo:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+
+
+class StreamingVideoWriter(ClosedOrAborted):
     """Context manager that encodes each frame on `write()`; `close()` returns a VideoFileInfo.
 
     Odd widths/heights are cropped by one pixel because yuv420p needs even dimensions. `preset` is libx264's
@@ -316,16 +342,6 @@ class StreamingVideoWriter:
         self.path.unlink(missing_ok=True)
         return full
 
-    def __enter__(self) -> StreamingVideoWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def write_stream(
