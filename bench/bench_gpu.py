@@ -107,10 +107,11 @@ def make_audio(folder: Path) -> None:
     once.unlink()
 
 
-def load_speech(folder: Path, seconds: int) -> LoadedAudio:
+def load_speech(folder: Path, seconds: float) -> LoadedAudio:
+    """`seconds` of the speech: the 5 s file cut to length up to 5 s, else the 60 s one."""
     from scipy.io import wavfile
 
-    rate, samples = wavfile.read(folder / f"speech_{seconds}s.wav")
+    rate, samples = wavfile.read(folder / ("speech_5s.wav" if seconds <= 5 else "speech_60s.wav"))
     waveform = torch.from_numpy(samples.astype(np.float32) / 32768.0).reshape(1, 1, -1)
     audio, _ = fit_duration(audio_from_comfy({"waveform": waveform, "sample_rate": int(rate)}), float(seconds))
     return audio
@@ -218,7 +219,7 @@ class Bench:
                 device, offload_idle=plan.offload_idle_models, stream_unet=plan.unet_weight_offload),
         )
 
-    def job(self, size: int, seconds: int, steps: int, policy: str, cap_bytes: int | None = None) -> dict[str, Any]:
+    def job(self, size: int, seconds: float, steps: int, policy: str, cap_bytes: int | None = None) -> dict[str, Any]:
         """One whole run from a clean baseline; returns its report plus the allocator's own peaks."""
         from skimage import data
 
@@ -461,7 +462,7 @@ class Bench:
         size = min(self.args.sizes)
         readings = []
         for index in range(self.args.soak_runs):
-            row = self.job(size, 5, 1, "auto")
+            row = self.job(size, self.args.soak_seconds, 1, "auto")
             self.baseline()
             reading = {"run": index, "ok": "error" not in row, "wall_s": row["wall_s"]}
             if self.device.type == "cuda":
@@ -577,6 +578,7 @@ def main() -> int:
     parser.add_argument("--caps", type=float, nargs="+", default=[12.0, 8.0], help="GiB caps for the guard phase")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--soak-runs", type=int, default=10)
+    parser.add_argument("--soak-seconds", type=float, default=5.0, help="seconds of speech per soak run")
     parser.add_argument("--audio-dir", type=Path, default=REPO / ".gpu")
     parser.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "sonic-full-random")
     parser.add_argument("--out", type=Path, help="results file (default bench/results/gpu.json; with --tiny, "
