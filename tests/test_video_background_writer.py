@@ -60,8 +60,8 @@ def test_the_video_equals_the_inline_writers_and_encodes_on_its_own_thread(tmp_p
         for frame in clip:
             inline.write(frame)
     recorder = ThreadRecorder()
-    with BackgroundVideoWriter(tmp_path / "thread.mp4", SIZE, SIZE, FPS, audio=tone, observer=recorder,
-                               queue_frames=3) as writer:
+    with BackgroundVideoWriter(StreamingVideoWriter(tmp_path / "thread.mp4", SIZE, SIZE, FPS, audio=tone),
+                               observer=recorder, queue_frames=3) as writer:
         for frame in clip:
             writer.write(frame)
         info = writer.close()
@@ -81,8 +81,10 @@ def test_the_video_equals_the_inline_writers_and_encodes_on_its_own_thread(tmp_p
 @pytest.mark.parametrize("writer_class", [BackgroundVideoWriter, StreamingVideoWriter])
 def test_an_exception_in_the_producer_removes_the_file_and_stops_the_thread(tmp_path: Path, writer_class) -> None:
     path = tmp_path / "cancelled.mp4"
-    options = {"queue_frames": 2} if writer_class is BackgroundVideoWriter else {}
-    with pytest.raises(KeyboardInterrupt), writer_class(path, SIZE, SIZE, FPS, **options) as writer:
+    inline = StreamingVideoWriter(path, SIZE, SIZE, FPS)
+    threaded = writer_class is BackgroundVideoWriter
+    writer_under_test = BackgroundVideoWriter(inline, queue_frames=2) if threaded else inline
+    with pytest.raises(KeyboardInterrupt), writer_under_test as writer:
         for index, frame in enumerate(frames(12)):
             writer.write(frame)
             if index == 7:
@@ -94,7 +96,7 @@ def test_an_exception_in_the_producer_removes_the_file_and_stops_the_thread(tmp_
 def test_a_frame_the_worker_refuses_fails_the_producer_and_leaves_no_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.mp4"
     with pytest.raises(ValueError, match="the writer was opened for 64x64"):  # noqa: PT012 - the raise is deferred
-        with BackgroundVideoWriter(path, SIZE, SIZE, FPS) as writer:
+        with BackgroundVideoWriter(StreamingVideoWriter(path, SIZE, SIZE, FPS)) as writer:
             writer.write(torch.rand(3, SIZE, SIZE))
             writer.write(torch.rand(3, SIZE + 2, SIZE))  # queued fine; the worker refuses it
             for frame in frames(50):
@@ -111,7 +113,8 @@ def test_a_full_disk_on_the_worker_thread_is_a_disk_full_error_and_no_file(tmp_p
     try:
         rng = np.random.default_rng(0)
         with pytest.raises(DiskFullError) as caught:  # noqa: PT012 - the error comes from the worker thread
-            with BackgroundVideoWriter(disk / "full.mp4", 256, 256, FPS, crf=0, preset="ultrafast") as writer:
+            with BackgroundVideoWriter(StreamingVideoWriter(disk / "full.mp4", 256, 256, FPS, crf=0,
+                                                            preset="ultrafast")) as writer:
                 for _ in range(400):  # random pixels at crf 0: ~150 KiB a frame, the 1 MiB disk fills
                     writer.write(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8))
         assert str(disk) in str(caught.value)

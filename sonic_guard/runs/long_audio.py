@@ -34,7 +34,7 @@ from ..settings import GenerationSettings
 from ..video.background_writer import BackgroundVideoWriter
 from ..video.interpolate import pad_to_frame_count
 from ..video.lipsync import measure_av_offset
-from ..video.writer import VideoFileInfo
+from ..video.writer import StreamingVideoWriter, VideoFileInfo
 from .pipeline import (
     GENERATED_FPS,
     ClipInputs,
@@ -146,7 +146,7 @@ class _SegmentRun:
                 frames = frame_stream(latents, self.models, self.settings, self.plan, out, switcher,
                                       self.device, self.hooks, previous_frame=previous)
                 frames = pad_to_frame_count(islice(frames, segment.drop_leading(mode), None), count)
-                with BackgroundVideoWriter(path, out.width, out.height, out.fps,
+                with BackgroundVideoWriter(StreamingVideoWriter(path, out.width, out.height, out.fps),
                                            observer=self.hooks.observer) as writer:
                     for frame in frames:
                         writer.write(frame)

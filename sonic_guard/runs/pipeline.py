@@ -45,7 +45,7 @@ from ..video.interpolate import (
 )
 from ..video.lipsync import MouthMotionMeter, measure_av_offset, mouth_box_from_face
 from ..video.smoothing import smooth_motion
-from ..video.writer import VideoFileInfo
+from ..video.writer import StreamingVideoWriter, VideoFileInfo
 from .runtime import DevicePlacer, ModelPlacer, RunHooks, StageSwitcher, staged
 from .segments import stitch_videos
 
@@ -309,8 +309,8 @@ def _encode(
     # With lip-sync correction the audio is muxed after the offset is known, so write the video alone first.
     writer_audio = None if meter is not None else audio_track(audio)
     video_path = output_path.with_name(output_path.stem + ".video" + output_path.suffix) if meter else output_path
-    with BackgroundVideoWriter(video_path, output.width, output.height, output.fps, audio=writer_audio,
-                               observer=observer) as writer:
+    with BackgroundVideoWriter(StreamingVideoWriter(video_path, output.width, output.height, output.fps,
+                                                    audio=writer_audio), observer=observer) as writer:
         for frame in frames:
             writer.write(frame)
             if meter is not None:

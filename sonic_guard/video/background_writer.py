@@ -17,15 +17,13 @@ import logging
 import queue
 import threading
 from contextlib import nullcontext
-from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..telemetry.stage_observer import StageObserver
-from .writer import AudioInput, ClosedOrAborted, StreamingVideoWriter, VideoFileInfo
+from .writer import ClosedOrAborted, StreamingVideoWriter, VideoFileInfo
 
 logger = logging.getLogger(__name__)
 
@@ -35,24 +33,15 @@ _STOP = object()
 
 
 class BackgroundVideoWriter(ClosedOrAborted):
-    """`StreamingVideoWriter`'s interface (write / close / context manager), encoding on a worker thread."""
+    """A `StreamingVideoWriter` driven from a worker thread, with its interface (write / close / abort / with)."""
 
-    def __init__(
-        self,
-        path: str | Path,
-        width: int,
-        height: int,
-        fps: Fraction | float | int,
-        audio: AudioInput | None = None,
-        *,
-        observer: StageObserver | None = None,
-        queue_frames: int = DEFAULT_QUEUE_FRAMES,
-        **writer_options: Any,
-    ) -> None:
+    def __init__(self, writer: StreamingVideoWriter, *, observer: StageObserver | None = None,
+                 queue_frames: int = DEFAULT_QUEUE_FRAMES) -> None:
+        """Encode through `writer` (opened by the caller, in its thread: a bad path or a full disk fails there)."""
         if queue_frames < 1:
+            writer.abort()
             raise ValueError(f"queue_frames must be >= 1, got {queue_frames}")
-        # Opened here, in the caller's thread: a bad path or a full disk fails the call itself.
-        self._writer = StreamingVideoWriter(path, width, height, fps, audio, **writer_options)
+        self._writer = writer
         self.path = self._writer.path
         self._observer = observer
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_frames)
