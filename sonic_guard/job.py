@@ -38,7 +38,7 @@ from .runs.long_audio import generate_segmented
 from .runs.pipeline import GenerationResult, generate
 from .runs.runtime import ModelPlacer, OnAdjustment, RunHooks
 from .runs.segment_inputs import segment_frames_for
-from .sampling.multi_device.devices import free_bytes_by_device
+from .sampling.multi_device.devices import free_bytes_by_device, tightest_device
 from .settings import GenerationSettings
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def plan_for(inputs: PreflightInputs, plannable_bytes: int, env: JobEnvironment)
 def plan_on_tightest(inputs: PreflightInputs, device_free: dict[str, int], env: JobEnvironment) -> PlanDecision:
     """The plan for the device with the least memory among the run's (one device: the run's own); a refusal
     names that device when it is not the server's own."""
-    tightest = min(device_free, key=lambda name: device_free[name])
+    tightest = tightest_device(device_free)
     try:
         return plan_for(inputs, device_free[tightest], env)
     except MemoryPlanError as error:
@@ -331,7 +331,7 @@ def add_rank_plans(report: dict[str, Any], device_free: dict[str, int], rank_pla
     """A multi-device run's planning in its report: each device's free bytes, which one set the size, and the
     plan every rank chose for its own device (one note per rank, e.g. "rank 1 (cuda:1): weight streaming on,
     5.10 GiB free"). A long clip's segments each report their ranks' plans: the last one of each rank stays."""
-    tightest = min(device_free, key=lambda name: device_free[name])
+    tightest = tightest_device(device_free)
     latest = {plan["rank"]: plan for plan in rank_plans}
     report["device_free_bytes"] = dict(device_free)
     report["rank_plans"] = [latest[rank] for rank in sorted(latest)]

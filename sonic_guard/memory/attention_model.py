@@ -18,8 +18,6 @@ from torch.overrides import TorchFunctionMode
 
 from .plan import ATTENTION_BACKENDS, O_TOKENS_BACKENDS
 
-__all__ = ["ATTENTION_BACKENDS", "O_TOKENS_BACKENDS", "AttentionModel", "device_attention_backends"]
-
 
 def _fused_attention(query: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """Output-sized result plus the float32 log-sum-exp (batch, heads, L) that fused kernels also return."""

@@ -321,11 +321,16 @@ class StreamingVideoWriter(ClosedOrAborted):
         leave a short video that looks finished)."""
         if not self._closed:
             self._closed = True
-            try:
-                self._container.close()
-            except OSError as error:  # a full disk while flushing: the file goes anyway
-                logger.debug("closing %s to abort it: %s", self.path, error)
+            self._close_container_quietly()
         self.path.unlink(missing_ok=True)
+
+    def _close_container_quietly(self) -> None:
+        """Close the container when its file is going anyway: an OSError (a full disk while flushing what was
+        buffered) is only logged."""
+        try:
+            self._container.close()
+        except OSError as error:
+            logger.debug("closing %s before removing it: %s", self.path, error)
 
     def _abort_disk_full(self, error: OSError) -> DiskFullError:
         """Close what can be closed and remove the half-written file: a truncated mp4 must not look finished."""
@@ -334,14 +339,10 @@ class StreamingVideoWriter(ClosedOrAborted):
             written = self.path.stat().st_size if self.path.exists() else None
         except OSError:
             written = None
-        try:
-            self._container.close()
-        except OSError as close_error:  # the same full disk again, while flushing what was buffered
-            logger.debug("closing %s after the disk filled: %s", self.path, close_error)
+        self._close_container_quietly()
         full = disk_full_error(self.path, error, written_bytes=written)  # free space read while it is full
         self.path.unlink(missing_ok=True)
         return full
-
 
 
 def write_stream(

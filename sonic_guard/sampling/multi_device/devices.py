@@ -87,3 +87,8 @@ def free_bytes_by_device(parent_device: torch.device, parent_bytes: int, devices
         if name not in figures:
             figures[name] = free_on(name)
     return figures
+
+
+def tightest_device(free_bytes: dict[str, int]) -> str:
+    """The device with the least memory to plan with (`free_bytes_by_device`): the one the size is planned for."""
+    return min(free_bytes, key=lambda name: free_bytes[name])

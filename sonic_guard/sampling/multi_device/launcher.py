@@ -156,11 +156,10 @@ def _watch(workers: list[subprocess.Popen], messages: queue.Queue, job: RankJob,
                 plan = RankPlan.from_plain(message[2])
                 logger.info("%s", plan.note())
                 on_rank_plan(plan)
-            elif kind == "refused":  # before any collective: the cause, whatever the peers do next
-                raise RankWontFitError(*message[2:])
-            elif kind == "error":
-                # a rank whose peer was killed fails in the collective: name the dead peer, the root cause
-                raise _dead_peer(workers, job, message[1]) or _rank_error(job, *message[1:])
+            else:
+                reported = _reported_error(message, workers, job)
+                if reported is not None:
+                    raise reported
             continue
         failed = [rank for rank, worker in enumerate(workers) if worker.poll() not in (None, 0)]
         if failed:
@@ -202,10 +201,19 @@ def _late_error(messages: queue.Queue, workers: list[subprocess.Popen], job: Ran
             message = messages.get(timeout=0.1)
         except queue.Empty:
             continue
-        if message[0] == "refused":
-            return RankWontFitError(*message[2:])
-        if message[0] == "error":
-            return _dead_peer(workers, job, message[1]) or _rank_error(job, *message[1:])
+        reported = _reported_error(message, workers, job)
+        if reported is not None:
+            return reported
+    return None
+
+
+def _reported_error(message: tuple, workers: list[subprocess.Popen], job: RankJob) -> SonicGuardError | None:
+    """The error a rank's "refused" or "error" message stands for; None for any other message."""
+    if message[0] == "refused":  # before any collective: the cause, whatever the peers do next
+        return RankWontFitError(*message[2:])
+    if message[0] == "error":
+        # a rank whose peer was killed fails in the collective: name the dead peer, the root cause
+        return _dead_peer(workers, job, message[1]) or _rank_error(job, *message[1:])
     return None
 
 

@@ -9,7 +9,7 @@ more; one that cannot fit the size even with every lever refuses before the firs
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ...errors import MemoryPlanError
@@ -53,11 +53,7 @@ class RankPlan:
                 f"(predicted peak {self.predicted_peak_bytes / GIB:.2f} GiB)")
 
     def to_plain(self) -> dict[str, Any]:
-        return {"rank": self.rank, "device": self.device, "free_bytes": self.free_bytes,
-                "predicted_peak_bytes": self.predicted_peak_bytes, "cfg_batch": self.cfg_batch,
-                "ff_chunk": self.ff_chunk, "unet_weight_offload": self.unet_weight_offload,
-                "offload_idle_models": self.offload_idle_models, "levers_applied": list(self.levers_applied),
-                "note": self.note()}
+        return {**asdict(self), "levers_applied": list(self.levers_applied), "note": self.note()}
 
     @classmethod
     def from_plain(cls, plain: dict[str, Any]) -> RankPlan:
