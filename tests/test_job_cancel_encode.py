@@ -22,17 +22,17 @@ class Cancelled(Exception):
 
 
 class CancelDuringEncoding:
-    """A stage observer that cancels the run the `nth` time the producer thread opens the decode stage: frames
-    already decoded are in the writer by then (the streamed stages switch once per frame)."""
+    """A stage observer that cancels the run the `nth` time the decode stage opens: frames already decoded are in
+    the writer by then (the streamed stages switch once per frame; with interpolation, decode runs on a thread of
+    its own and the cancel crosses back from there)."""
 
     def __init__(self, nth: int = 3) -> None:
         self.nth, self.decodes, self.fired = nth, 0, False
         self.clock = StageClock()
-        self.producer = threading.current_thread()
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        if name == "decode" and threading.current_thread() is self.producer and not self.fired:
+        if name == "decode" and not self.fired:  # on the decode thread when decode runs beside interpolation
             self.decodes += 1
             if self.decodes == self.nth:
                 self.fired = True

@@ -41,6 +41,11 @@ STAGE_MODELS: dict[str, tuple[str, ...]] = {
     "vae_decode": ("vae",),
     "interpolate": ("rife",),
 }
+# Not simulated on its own: composed from vae_decode and interpolate when they overlap (`plan.overlap_decode`).
+OVERLAPPED_STAGE = "decode_interpolate"
+# The models each stage of an estimate uses (the composed stage included).
+STAGE_USES: dict[str, tuple[str, ...]] = {
+    **STAGE_MODELS, OVERLAPPED_STAGE: STAGE_MODELS["vae_decode"] + STAGE_MODELS["interpolate"]}
 SIZE_DEPENDENT_STAGES = frozenset({"unet_window", "vae_decode", "vae_encode", "interpolate"})
 ALL_MODELS: tuple[str, ...] = ("unet", "audio_adapters", "vae", "clip", "whisper", "rife", "face_detector")
 
@@ -241,6 +246,8 @@ class MemoryEstimator:
             resident = self.resident_models(stage, plan)
             weights = sum(self._model_bytes(name, plan) for name in resident)
             results[stage] = StageEstimate(stage, weights, activation, resident)
+        if plan.overlap_decode and "interpolate" in results:
+            results[OVERLAPPED_STAGE] = self._overlapped(results["vae_decode"], results["interpolate"], plan)
         self._save()
         raw = max(s.peak_bytes for s in results.values())
         # The allocator's overhead grows with each stage's activations (weights pack tightly at load).
@@ -255,6 +262,14 @@ class MemoryEstimator:
         logger.debug("estimate %sx%s cfg=%s: %.2f GiB (%s)", plan.width, plan.height, plan.cfg_batch,
                      estimate.peak_bytes / 2**30, estimate.dominant_stage)
         return estimate
+
+    def _overlapped(self, decode: StageEstimate, interpolate: StageEstimate, plan: ExecutionPlan) -> StageEstimate:
+        """Decode beside interpolation: both stages' models and both activation peaks at once (an upper bound:
+        the two peaks need not coincide, but nothing keeps them apart)."""
+        resident = tuple(dict.fromkeys((*decode.models, *interpolate.models)))
+        weights = sum(self._model_bytes(name, plan) for name in resident)
+        return StageEstimate(OVERLAPPED_STAGE, weights, decode.activation_bytes + interpolate.activation_bytes,
+                             resident)
 
     def set_calibration(self, calibration: AllocatorCalibration) -> None:
         """New allocator calibration (e.g. refitted from history); the activation cache stays valid."""

@@ -41,6 +41,8 @@ class ExecutionPlan:
     decode_chunk: int = 8  # frames per VAE decode call
     offload_idle_models: bool = False  # only the running stage's models on the device
     unet_weight_offload: bool = False  # stream UNet weights block by block from host memory
+    # VAE decode on its own thread (and CUDA stream) beside interpolation: faster, but both peaks at once
+    overlap_decode: bool = True
     dtype: str = "float16"
     interpolate: bool = True
     dynamic_scale: float = 1.0

@@ -87,8 +87,11 @@ def _lower_resolution(plan: ExecutionPlan, request: RunRequest) -> ExecutionPlan
 
 
 def _gain(before: MemoryEstimate, after: MemoryEstimate, stage: str) -> bool:
-    """A lever is kept only if it lowers the dominant stage by a meaningful amount (1 % or 64 MiB)."""
-    old, new = before.stages[stage].peak_bytes, after.stages[stage].peak_bytes
+    """A lever is kept only if it lowers the dominant stage by a meaningful amount (1 % or 64 MiB).
+
+    A lever may remove the stage (decode no longer beside interpolation): then the new peak is what counts."""
+    old = before.stages[stage].peak_bytes
+    new = after.stages[stage].peak_bytes if stage in after.stages else after.raw_peak_bytes
     return old - new >= min(MIN_GAIN_BYTES, old * MIN_GAIN_FRACTION)
 
 

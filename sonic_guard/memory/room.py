@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .estimator import STAGE_MODELS
+from .estimator import STAGE_USES
 from .plan import MemoryEstimate
 
 GIB = 1024**3
@@ -88,7 +88,7 @@ def stage_room_bytes(estimate: MemoryEstimate, placed_name: str) -> int:
     """Device memory the stages using this model need in all (resident weights + activations + the allocator's
     overhead): what ComfyUI must make room for before the model is placed."""
     model = PLACED_AS.get(placed_name, placed_name)
-    peaks = [stage.peak_bytes for name, stage in estimate.stages.items() if model in STAGE_MODELS.get(name, ())]
+    peaks = [stage.peak_bytes for name, stage in estimate.stages.items() if model in STAGE_USES.get(name, ())]
     return (max(peaks) if peaks else 0) + estimate.overhead_bytes
 
 
@@ -96,7 +96,7 @@ def stage_activation_bytes(estimate: MemoryEstimate, placed_name: str) -> int:
     """The activations (with overhead) of the stages using this model: ComfyUI's `memory_required`."""
     model = PLACED_AS.get(placed_name, placed_name)
     peaks = [stage.activation_bytes for name, stage in estimate.stages.items()
-             if model in STAGE_MODELS.get(name, ())]
+             if model in STAGE_USES.get(name, ())]
     return (max(peaks) if peaks else 0) + estimate.overhead_bytes
 
 

@@ -42,7 +42,6 @@ from .pipeline import (
     OutputFormat,
     audio_track,
     clip_conditioning,
-    decoding_models,
     default_placer,
     frame_stream,
     mouth_meter,
@@ -52,7 +51,7 @@ from .pipeline import (
     stage_seconds,
     windows_per_step,
 )
-from .runtime import ModelPlacer, RunHooks, StageSwitcher
+from .runtime import ModelPlacer, RunHooks
 from .segment_inputs import (
     DEFAULT_CONTEXT_FRAMES,
     DEFAULT_SEGMENT_SECONDS,
@@ -140,20 +139,15 @@ class _SegmentRun:
             before = sum(other.output_frames(mode) for other in self.segments[:-1])
             count = max(1, out.target_frames - before)
         last: torch.Tensor | None = None
-        with decoding_models(self.placer, self.models):
-            switcher = StageSwitcher(self.hooks.observer)
-            try:
-                frames = frame_stream(latents, self.models, self.settings, self.plan, out, switcher,
-                                      self.device, self.hooks, previous_frame=previous)
-                frames = pad_to_frame_count(islice(frames, segment.drop_leading(mode), None), count)
-                with BackgroundVideoWriter(StreamingVideoWriter(path, out.width, out.height, out.fps),
-                                           observer=self.hooks.observer) as writer:
-                    for frame in frames:
-                        writer.write(frame)
-                        last = frame
-                    info = writer.close()
-            finally:
-                switcher.close()
+        with frame_stream(latents, self.models, self.settings, self.plan, out, self.placer, self.device,
+                          self.hooks, previous_frame=previous) as stream:
+            frames = pad_to_frame_count(islice(stream, segment.drop_leading(mode), None), count)
+            with BackgroundVideoWriter(StreamingVideoWriter(path, out.width, out.height, out.fps),
+                                       observer=self.hooks.observer) as writer:
+                for frame in frames:
+                    writer.write(frame)
+                    last = frame
+                info = writer.close()
         if not segment.is_last and last is not None and mode in MIDPOINT_MODES:
             save_tensor_atomic(self._last_frame_path(segment.index), last.to(torch.float32))
         return info

@@ -3,7 +3,8 @@
 
 Memory by design: only one UNet window, one decode chunk and one frame pair are on the device at a time;
 the whole-clip latents (a few KiB per frame) live on the CPU; decoded frames are encoded as they arrive, on
-the writer's own thread, so encoding overlaps decode and interpolation.
+the writer's own thread, and (plan permitting) decode runs on a thread of its own, so decode, interpolation
+and encoding overlap.
 The memory plan (`ExecutionPlan`, decided by `memory.planner`) says which levers are on; this module
 only executes it. The stages are public functions so that long audio (`long_audio`) runs the same stages
 segment by segment.
@@ -46,6 +47,7 @@ from ..video.interpolate import (
 from ..video.lipsync import MouthMotionMeter, measure_av_offset, mouth_box_from_face
 from ..video.smoothing import smooth_motion
 from ..video.writer import StreamingVideoWriter, VideoFileInfo
+from .background_stream import BackgroundStream
 from .runtime import DevicePlacer, ModelPlacer, RunHooks, StageSwitcher, staged
 from .segments import stitch_videos
 
@@ -122,16 +124,11 @@ def generate(
                           on_window=on_window)
 
     output = output_format(models, settings, reference, audio, notes)
-    with decoding_models(placer, models):
-        switcher = StageSwitcher(hooks.observer)
-        try:
-            frames = frame_stream(latents, models, settings, plan, output, switcher, device, hooks)
-            video, collected, offset = _encode(
-                pad_to_frame_count(frames, output.target_frames), output_path, output, audio, settings,
-                reference, hooks.observer, collect_frames,
-            )
-        finally:
-            switcher.close()
+    with frame_stream(latents, models, settings, plan, output, placer, device, hooks) as frames:
+        video, collected, offset = _encode(
+            pad_to_frame_count(frames, output.target_frames), output_path, output, audio, settings,
+            reference, hooks.observer, collect_frames,
+        )
     if offset is not None:
         notes.append(f"lip sync: measured audio-video offset {offset:+.3f} s; audio shifted to cancel it")
     return GenerationResult(
@@ -240,28 +237,45 @@ def decoding_models(placer: ModelPlacer, models: SonicModelSet) -> contextlib.Ex
     return stack
 
 
+@contextlib.contextmanager
 def frame_stream(
     latents: torch.Tensor, models: SonicModelSet, settings: GenerationSettings, plan: ExecutionPlan,
-    output: OutputFormat, switcher: StageSwitcher, device: torch.device, hooks: RunHooks,
+    output: OutputFormat, placer: ModelPlacer, device: torch.device, hooks: RunHooks,
     previous_frame: torch.Tensor | None = None,
-) -> Iterator[torch.Tensor]:
-    """Stages decode and interpolation as one stream of [3, H, W] frames in [0, 1] on the CPU.
+) -> Iterator[Iterator[torch.Tensor]]:
+    """Stages decode and interpolation as one stream of [3, H, W] frames in [0, 1] on the CPU, with the VAE
+    (and RIFE) placed for as long as the `with` block runs.
 
-    `previous_frame` (a frame already shown, e.g. the end of the previous segment) goes first into the
-    interpolation, so the stream starts with it and its midpoint to the first decoded frame.
+    With `plan.overlap_decode` (and a midpoint to compute) decode runs on its own thread beside interpolation;
+    leaving the block stops it before the models leave the device. `previous_frame` (a frame already shown,
+    e.g. the end of the previous segment) goes first into the interpolation, so the stream starts with it and
+    its midpoint to the first decoded frame.
     """
-    decoded: Iterable[torch.Tensor] = staged(switcher, "decode", decode_stream(
-        latents, vae_chunk_decoder(models.vae), chunk_size=plan.decode_chunk, device=device,
-        dtype=plan.torch_dtype, on_chunk=lambda done, total: hooks.check_cancel(),
-        on_downgrade=lambda old, new: hooks.on_adjustment("decode_chunk", {
-            "lever": f"decode_chunk: {old}→{new} (out of memory in decode)", "from": old, "to": new}),
-    ))
-    if settings.smooth_motion > 0:
-        decoded = staged(switcher, "interpolation", smooth_motion(decoded, settings.smooth_motion))
-    if previous_frame is not None:
-        decoded = itertools.chain((previous_frame,), decoded)
-    return staged(switcher, "interpolation", interpolate_stream(decoded, output.mode, output.midpoint,
-                                                                device=device))
+
+    def decoding() -> Iterator[torch.Tensor]:
+        return decode_stream(
+            latents, vae_chunk_decoder(models.vae), chunk_size=plan.decode_chunk, device=device,
+            dtype=plan.torch_dtype, on_chunk=lambda done, total: hooks.check_cancel(),
+            on_downgrade=lambda old, new: hooks.on_adjustment("decode_chunk", {
+                "lever": f"decode_chunk: {old}→{new} (out of memory in decode)", "from": old, "to": new}),
+        )
+
+    with decoding_models(placer, models), contextlib.ExitStack() as running:
+        switcher = StageSwitcher(hooks.observer)
+        running.callback(switcher.close)
+        decoded: Iterable[torch.Tensor]
+        if plan.overlap_decode and output.mode != "none":
+            background = BackgroundStream(decoding, stage="decode", observer=hooks.observer, device=device)
+            running.callback(background.close)  # before the models are moved off the device
+            decoded = iter(background)
+        else:
+            decoded = staged(switcher, "decode", decoding())
+        if settings.smooth_motion > 0:
+            decoded = staged(switcher, "interpolation", smooth_motion(decoded, settings.smooth_motion))
+        if previous_frame is not None:
+            decoded = itertools.chain((previous_frame,), decoded)
+        yield staged(switcher, "interpolation", interpolate_stream(decoded, output.mode, output.midpoint,
+                                                                   device=device))
 
 
 def stage_seconds(hooks: RunHooks) -> dict[str, float]:
