@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from sonic_guard.models.configs import ModelConfigs
 from sonic_guard.runs.background_stream import BackgroundStream
 from sonic_guard.runs.guarded_run import STAGE_ATTRIBUTE
 from sonic_guard.runs.pipeline import generate
-from sonic_guard.runs.runtime import RunHooks, StageClock
+from sonic_guard.runs.runtime import RunHooks, StageClock, StageSwitcher, staged
 from sonic_guard.settings import GenerationSettings
 
 GIB = 2**30
@@ -164,6 +165,26 @@ def test_background_stream_hands_over_items_errors_and_stops_when_closed() -> No
         list(stream)
     assert getattr(raised.value, STAGE_ATTRIBUTE) == "decode"
     stream.close()
+
+
+def test_waiting_for_the_background_stage_is_not_the_consumers_stage_time() -> None:
+    """Time the consumer spends waiting for decoded frames is decode's (timed on its thread), not interpolation's."""
+    clock = StageClock()
+
+    def slow() -> Iterator[int]:
+        for n in range(10):
+            time.sleep(0.05)
+            yield n
+
+    stream = BackgroundStream(slow, stage="decode", observer=clock, device=torch.device("cpu"))
+    switcher = StageSwitcher(clock)
+    try:
+        assert list(staged(switcher, "interpolation", staged(switcher, None, stream))) == list(range(10))
+    finally:
+        switcher.close()
+        stream.close()
+    assert clock.seconds["decode"] >= 0.45
+    assert clock.seconds.get("interpolation", 0.0) < 0.1 * clock.seconds["decode"]
 
 
 def test_the_estimate_counts_decode_and_interpolation_at_once_only_while_they_overlap() -> None:

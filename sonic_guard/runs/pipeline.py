@@ -267,7 +267,7 @@ def frame_stream(
         if plan.overlap_decode and output.mode != "none":
             background = BackgroundStream(decoding, stage="decode", observer=hooks.observer, device=device)
             running.callback(background.close)  # before the models are moved off the device
-            decoded = iter(background)
+            decoded = staged(switcher, None, background)  # waiting for decode is no stage's time here
         else:
             decoded = staged(switcher, "decode", decoding())
         if settings.smooth_motion > 0:

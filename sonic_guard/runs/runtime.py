@@ -107,8 +107,9 @@ class StageSwitcher:
         self.switch(None)
 
 
-def staged(switcher: StageSwitcher, stage: str, items: Iterable[T]) -> Iterator[T]:
-    """Yield from `items`, attributing the time spent producing each item to `stage` alone."""
+def staged(switcher: StageSwitcher, stage: str | None, items: Iterable[T]) -> Iterator[T]:
+    """Yield from `items`, attributing the time spent producing each item to `stage` alone (None: to no stage,
+    for waiting on items another thread produces and times)."""
     iterator = iter(items)
     while True:
         previous = switcher.switch(stage)
