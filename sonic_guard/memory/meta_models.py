@@ -6,6 +6,8 @@ real one, `ModelConfigs.tiny()` a small one for tests); `MetaModels` builds each
 
 from __future__ import annotations
 
+import time
+
 import torch
 from diffusers import AutoencoderKLTemporalDecoder
 from torch import nn
@@ -64,11 +66,14 @@ class MetaModels:
         self.configs = configs
         self._modules: dict[tuple[str, torch.dtype], nn.Module] = {}
         self._weights: dict[tuple[str, torch.dtype, int], int] = {}
+        self.build_seconds: dict[str, float] = {}  # wall seconds building each model (all dtypes summed)
 
     def get(self, name: str, dtype: torch.dtype) -> nn.Module:
         key = (name, dtype)
         if key not in self._modules:
+            started = time.perf_counter()
             self._modules[key] = _build(name, self.configs, dtype)
+            self.build_seconds[name] = self.build_seconds.get(name, 0.0) + time.perf_counter() - started
         return self._modules[key]
 
     def weight_bytes(self, name: str, dtype: torch.dtype, block: int) -> int:

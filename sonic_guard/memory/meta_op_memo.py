@@ -18,6 +18,7 @@ whose returns all alias an input (views, in-place ops) run directly: the tracker
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,10 +107,12 @@ class MetaOpMemo:
     aliasing: dict[Any, bool] = field(default_factory=dict)
     hits: int = 0
     misses: int = 0
+    # Wall seconds spent inside each stage's tracker, summed over its simulations: where a cold plan goes.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
-    def tracker(self, block: int) -> MemoTracker:
-        """A live-bytes tracker (allocator `block`) that reads and fills this memo."""
-        return MemoTracker(self, block)
+    def tracker(self, block: int, stage: str = "other") -> MemoTracker:
+        """A live-bytes tracker (allocator `block`) that reads and fills this memo; its time counts to `stage`."""
+        return MemoTracker(self, block, stage)
 
     def returns_alias(self, func: Any) -> bool:
         aliasing = self.aliasing.get(func)
@@ -136,9 +139,20 @@ class MemoTracker(LiveBytesTracker):
     A memoised output is a new storage of the recorded size, as the kernel's was, so it is counted the same.
     """
 
-    def __init__(self, memo: MetaOpMemo, block: int) -> None:
+    def __init__(self, memo: MetaOpMemo, block: int, stage: str = "other") -> None:
         super().__init__(block)
         self.memo = memo
+        self.stage = stage
+        self._entered = 0.0
+
+    def __enter__(self) -> MemoTracker:
+        self._entered = time.perf_counter()
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        seconds = self.memo.stage_seconds
+        seconds[self.stage] = seconds.get(self.stage, 0.0) + time.perf_counter() - self._entered
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}

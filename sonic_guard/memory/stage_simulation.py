@@ -23,8 +23,8 @@ RIFE_DTYPE = getattr(torch, FIXED_MODEL_DTYPES["rife"])  # interpolation runs on
 RIFE_PAIRS = 1  # frame pairs per interpolation call: decoded frames stream through one pair at a time
 
 
-def _tracker(block: int, memo: MetaOpMemo | None) -> LiveBytesTracker:
-    return LiveBytesTracker(block) if memo is None else memo.tracker(block)
+def _tracker(block: int, memo: MetaOpMemo | None, stage: str) -> LiveBytesTracker:
+    return LiveBytesTracker(block) if memo is None else memo.tracker(block, stage)
 
 
 def _empty(*shape: int, dtype: torch.dtype) -> torch.Tensor:
@@ -46,7 +46,7 @@ def simulate_unet_window(unet: nn.Module, plan: ExecutionPlan, configs: ModelCon
     previous_chunking = getattr(unet, "feed_forward_chunks", None)
     unet.set_feed_forward_chunking(plan.ff_chunk)
     try:
-        with torch.no_grad(), AttentionModel(plan.attention), _tracker(block, memo) as tracker:
+        with torch.no_grad(), AttentionModel(plan.attention), _tracker(block, memo, "unet_window") as tracker:
             latents = _empty(frames, 4, h, w, dtype=dtype)
             sample = _empty(batch, frames, 8, h, w, dtype=dtype)
             clip = _empty(batch, 1, cross_dim, dtype=dtype)
@@ -64,7 +64,7 @@ def simulate_unet_window(unet: nn.Module, plan: ExecutionPlan, configs: ModelCon
 def simulate_vae_decode(vae: nn.Module, plan: ExecutionPlan, block: int, memo: MetaOpMemo | None = None) -> int:
     """One decode chunk: `decode_chunk` latent frames through the temporal decoder."""
     h, w = plan.latent_size
-    with torch.no_grad(), AttentionModel(plan.attention), _tracker(block, memo) as tracker:
+    with torch.no_grad(), AttentionModel(plan.attention), _tracker(block, memo, "vae_decode") as tracker:
         latents = _empty(plan.decode_chunk, 4, h, w, dtype=plan.torch_dtype)
         scaled = latents / float(vae.config.scaling_factor)
         frames = vae.decode(scaled, num_frames=plan.decode_chunk).sample
@@ -74,7 +74,7 @@ def simulate_vae_decode(vae: nn.Module, plan: ExecutionPlan, block: int, memo: M
 
 def simulate_vae_encode(vae: nn.Module, plan: ExecutionPlan, block: int, memo: MetaOpMemo | None = None) -> int:
     """The reference image through the VAE encoder (latent mean and mode)."""
-    with torch.no_grad(), AttentionModel(plan.attention), _tracker(block, memo) as tracker:
+    with torch.no_grad(), AttentionModel(plan.attention), _tracker(block, memo, "vae_encode") as tracker:
         image = _empty(1, 3, plan.height, plan.width, dtype=plan.torch_dtype)
         posterior = vae.encode(image).latent_dist
         latents = posterior.mode()
@@ -85,7 +85,7 @@ def simulate_vae_encode(vae: nn.Module, plan: ExecutionPlan, block: int, memo: M
 def simulate_clip(clip: nn.Module, plan: ExecutionPlan, block: int, memo: MetaOpMemo | None = None) -> int:
     """The 224 px CLIP image through the vision tower + projection (once per video)."""
     size = int(clip.config.image_size)
-    with torch.no_grad(), AttentionModel(plan.attention), _tracker(block, memo) as tracker:
+    with torch.no_grad(), AttentionModel(plan.attention), _tracker(block, memo, "clip_encode") as tracker:
         pixels = _empty(1, 3, size, size, dtype=plan.torch_dtype)
         embeds = clip(pixel_values=pixels).image_embeds
         del pixels, embeds
@@ -96,7 +96,7 @@ def simulate_whisper(encoder: nn.Module, plan: ExecutionPlan, configs: ModelConf
                      memo: MetaOpMemo | None = None) -> int:
     """One 30 s mel chunk through the whisper encoder (chunks run one at a time; features go to the host)."""
     mel_bins = int(encoder.config.num_mel_bins)
-    with torch.no_grad(), AttentionModel(plan.attention), _tracker(block, memo) as tracker:
+    with torch.no_grad(), AttentionModel(plan.attention), _tracker(block, memo, "audio_features") as tracker:
         mel = _empty(1, mel_bins, configs.whisper_frames, dtype=WHISPER_DTYPE)
         states = encoder(mel, output_hidden_states=True).hidden_states
         del mel, states
@@ -105,7 +105,7 @@ def simulate_whisper(encoder: nn.Module, plan: ExecutionPlan, configs: ModelConf
 
 def simulate_interpolation(rife: nn.Module, plan: ExecutionPlan, block: int, memo: MetaOpMemo | None = None) -> int:
     """One RIFE midpoint of two decoded frames at output size (fp32, padded to 32 inside `midpoint`)."""
-    with torch.no_grad(), _tracker(block, memo) as tracker:
+    with torch.no_grad(), _tracker(block, memo, "interpolate") as tracker:
         first = _empty(RIFE_PAIRS, 3, plan.height, plan.width, dtype=RIFE_DTYPE)
         second = _empty(RIFE_PAIRS, 3, plan.height, plan.width, dtype=RIFE_DTYPE)
         middle = rife.midpoint(first, second)
