@@ -25,6 +25,9 @@ class GenerationSettings:
     - `lip_sync_correction`: measure the audio-video offset of the finished video and shift the audio to cancel it.
     - `devices` is ours: "cuda:0,cuda:1" (or "cpu,cpu") samples one video with one worker process per device,
       each step's windows split between them (`multi_device`); "" = the one device of the run.
+    - `compile_unet` is ours: sampling runs the UNet through `torch.compile` (`models.compiled_unet`); the first
+      run of a size compiles (minutes on a GPU), later processes load the result from beside the run history;
+      skipped with UNet weight streaming. Results move by float32 noise only.
     """
 
     duration: float = 0.0  # 0 = the whole audio
@@ -41,6 +44,7 @@ class GenerationSettings:
     interpolation_fallback: str = "none"
     ip_audio_scale: float = 1.0
     devices: str = ""
+    compile_unet: bool = False
 
     def __post_init__(self) -> None:
         parse_devices(self.devices)
@@ -70,9 +74,11 @@ class GenerationSettings:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        # left out when unset, so single-device reports and segment fingerprints stay as they were
+        # left out when unset, so reports and segment fingerprints of runs without them stay as they were
         if not self.devices:
             del data["devices"]
+        if not self.compile_unet:
+            del data["compile_unet"]
         return data
 
     @property

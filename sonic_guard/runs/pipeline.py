@@ -198,19 +198,28 @@ def sample_clip(
                 anchor_latents=anchor_latents, devices=settings.device_list,
                 threads_per_rank=default_threads_per_rank(len(settings.device_list)), timeout_s=DEFAULT_TIMEOUT_S,
             ), on_window, on_rank_plan=lambda rank_plan: hooks.on_adjustment("rank_plan", rank_plan.to_plain()))
+    from ..models.compiled_unet import compiled_unet  # imported here: this function is compile_unet's one hunk
+
     with hooks.observer.stage("sampling"), placer.place("unet", models.unet), placer.place(
         "audio_token_projector", models.audio_token_projector
     ):
         models.unet.set_feed_forward_chunking(plan.ff_chunk)
         models.unet.ip_audio_scale = settings.ip_audio_scale
-        denoise = make_denoise_window(
-            models.unet, models.audio_token_projector, conditioning, device=device, dtype=plan.torch_dtype,
-            cfg_batch=plan.cfg_batch, dynamic_scale=settings.dynamic_scale,
-        )
-        return sample_latents(
-            conditioning.reference_latent.cpu().float(), conditioning.num_frames, plan.inference_steps, denoise,
-            seed=seed, on_window=on_window, anchor_latents=anchor_latents, exchange=exchange,
-        )
+        # compile_unet: the artifacts live beside the run history when the host names that folder
+        compiling = compiled_unet(models.unet, device, getattr(hooks, "compile_cache_dir", None),
+                                  weight_streaming=plan.unet_weight_offload) if settings.compile_unet else None
+        with compiling or contextlib.nullcontext() as compiled:
+            denoise = make_denoise_window(
+                compiled or models.unet, models.audio_token_projector, conditioning, device=device,
+                dtype=plan.torch_dtype, cfg_batch=plan.cfg_batch, dynamic_scale=settings.dynamic_scale,
+            )
+            latents = sample_latents(
+                conditioning.reference_latent.cpu().float(), conditioning.num_frames, plan.inference_steps,
+                denoise, seed=seed, on_window=on_window, anchor_latents=anchor_latents, exchange=exchange,
+            )
+        if compiled is not None and compiled.outcome.note():
+            hooks.on_adjustment("unet_compile", {"note": compiled.outcome.note(), **compiled.outcome.to_dict()})
+        return latents
 
 
 def output_format(
