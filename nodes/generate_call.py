@@ -33,7 +33,7 @@ def settings_from_widgets(widgets: dict[str, Any]) -> GenerationSettings:
         motion_scale=float(widgets["motion_scale"]), seed=int(widgets["seed"]),
         lip_sync_correction=bool(widgets["lip_sync_correction"]), smooth_motion=float(widgets["smooth_motion"]),
         interpolation=str(widgets["interpolation"]), interpolation_fallback=str(widgets["rife_fallback"]),
-        devices=str(widgets.get("devices") or ""),
+        devices=str(widgets.get("devices") or ""), compile_unet=bool(widgets.get("compile_unet", False)),
     )
 
 
@@ -120,7 +120,8 @@ def summary_line(report: dict[str, Any]) -> str:
 
 def _job_key(image: torch.Tensor, audio: dict, widgets: dict[str, Any]) -> str:
     """The same inputs and widgets give the same job folder, so a rerun resumes from finished segments."""
-    frame_widgets = {k: v for k, v in widgets.items() if k not in ("filename_prefix", "output_frames")}
+    # compile_unet changes speed, not frames: left out, so job folders keep the keys they had before it existed
+    frame_widgets = {k: v for k, v in widgets.items() if k not in ("filename_prefix", "output_frames", "compile_unet")}
     inputs = {"image": tensor_sha256(image), "audio": tensor_sha256(audio["waveform"]),
               "rate": str(audio["sample_rate"])}
     return job_fingerprint(inputs, frame_widgets)[:24]
