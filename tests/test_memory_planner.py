@@ -100,9 +100,9 @@ def test_strict_refuses_before_running_and_off_only_predicts(estimator: MemoryEs
         plan_run(REQUEST, requested_peak // 2, estimator, policy="strict", safety_margin=0.0)
     assert "strict" in str(raised.value) and raised.value.reason == "will_not_fit"
     fits = plan_run(REQUEST, requested_peak * 2, estimator, policy="strict", safety_margin=0.0)
-    assert fits.plan == REQUEST.requested_plan()
+    assert fits.plan == replace(REQUEST.requested_plan(), policy="strict")  # the plan says what it was made under
     off = plan_run(REQUEST, requested_peak // 2, estimator, policy="off", safety_margin=0.0)
-    assert off.plan == REQUEST.requested_plan() and not off.fits
+    assert off.plan == replace(REQUEST.requested_plan(), policy="off") and not off.fits
     with pytest.raises(ValueError):
         plan_run(REQUEST, requested_peak, estimator, policy="sometimes")
 

@@ -26,7 +26,7 @@ from sonic_guard.memory.planner import DEFAULT_SAFETY_MARGIN
 from sonic_guard.runs.pipeline import default_placer, sample_clip
 from sonic_guard.runs.runtime import RunHooks
 from sonic_guard.sampling.multi_device.launcher import sample_on_devices
-from sonic_guard.sampling.multi_device.rank_plan import RankPlan, RankStagesEstimator, RankWontFitError
+from sonic_guard.sampling.multi_device.rank_plan import RankPlan, RankStagesEstimator, RankWontFitError, plan_rank
 from sonic_guard.settings import GenerationSettings
 
 __all__ = ["models", "run_inputs"]  # the fixtures, shared with the bit-for-bit tests
@@ -156,3 +156,26 @@ def test_a_listed_device_too_small_for_any_plan_is_refused_before_any_worker_sta
     assert "remove it from devices" in message and "Expected:" in message, message
     assert time.monotonic() - started < 30.0 and live_workers() == []
     assert not (tmp_path / "out.mp4").exists()
+
+
+@pytest.mark.parametrize("policy", ["auto", "strict", "off"])
+def test_a_rank_keeps_to_the_runs_memory_policy(models, run_inputs, policy: str) -> None:  # noqa: F811
+    """auto: the rank takes the levers its device needs; strict: the parent's levers or a refusal; off: the
+    parent's levers unchecked. (plan_rank is what each worker calls after measuring its device.)"""
+    _, _, plan = run_inputs
+    parent = replace(plan, policy=policy)
+    estimator = MemoryEstimator(model_configs_of(models), device_type="cpu")
+    tight = needed_free(models, plan, **UP_TO_CFG)  # enough only with one CFG branch at a time
+    if policy == "strict":
+        with pytest.raises(RankWontFitError) as raised:
+            plan_rank(parent, 1, "cpu:1", tight, estimator)
+        assert "policy strict" in raised.value.problem and "'auto'" in raised.value.fix
+        roomy = needed_free(models, plan)
+        chosen, reported = plan_rank(parent, 1, "cpu:1", roomy, estimator)
+        assert chosen == parent and reported.cfg_batch == plan.cfg_batch
+        return
+    chosen, reported = plan_rank(parent, 1, "cpu:1", tight, estimator)
+    if policy == "off":
+        assert chosen == parent and reported.levers_applied == parent.levers_applied
+    else:
+        assert chosen.cfg_batch == 1 and reported.cfg_batch == 1 and chosen.policy == "auto"

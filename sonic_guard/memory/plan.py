@@ -16,6 +16,8 @@ O_TOKENS_BACKENDS = frozenset({"flash", "mem_efficient"})
 # Models whose dtype is not the plan's: the official code keeps whisper in fp32; RIFE runs on fp32 frames.
 FIXED_MODEL_DTYPES = {"whisper": "float32", "rife": "float32"}
 SIZE_STEP = 64
+# auto: the planner may change levers and size; strict: the requested plan or a refusal; off: no check at all.
+POLICIES = ("auto", "strict", "off")
 WINDOW_FRAMES = 25
 
 
@@ -46,6 +48,7 @@ class ExecutionPlan:
     dtype: str = "float16"
     interpolate: bool = True
     dynamic_scale: float = 1.0
+    policy: str = "auto"  # the policy it was planned under: a multi-device rank may re-plan levers only under auto
     levers_applied: tuple[str, ...] = ()
     downgrades: tuple[str, ...] = ()
 
@@ -56,6 +59,8 @@ class ExecutionPlan:
             raise ValueError(f"cfg_batch must be 3 (batched) or 1 (sequential), got {self.cfg_batch}")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.decode_chunk < 1 or self.inference_steps < 1:

@@ -16,11 +16,10 @@ from typing import Any, Protocol
 from ..errors import MemoryPlanError
 from .fitted_corrections import TimeModel
 from .levers import LEVER_ORDER
-from .plan import SIZE_STEP, ExecutionPlan, MemoryEstimate, RunRequest, frame_size
+from .plan import POLICIES, SIZE_STEP, ExecutionPlan, MemoryEstimate, RunRequest, frame_size
 
 logger = logging.getLogger(__name__)
 
-POLICIES = ("auto", "strict", "off")
 DEFAULT_SAFETY_MARGIN = 0.10
 MIN_GAIN_BYTES = 64 * 1024**2
 MIN_GAIN_FRACTION = 0.01
@@ -151,7 +150,7 @@ def plan_run(request: RunRequest, free_bytes: int, estimator: Estimator, *, poli
              safety_margin: float = DEFAULT_SAFETY_MARGIN,
              supported_attention: tuple[str, ...] = ("flash", "mem_efficient", "math")) -> PlanDecision:
     """Decide the plan for `request` given `free_bytes` of device memory (see module docstring)."""
-    if policy not in POLICIES:
+    if policy not in POLICIES:  # POLICIES lives with the plan, which records the policy it was made under
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     time_model = time_model or TimeModel()
     budget = usable_bytes(free_bytes, safety_margin)
@@ -174,6 +173,7 @@ def plan_run(request: RunRequest, free_bytes: int, estimator: Estimator, *, poli
     else:
         plan, estimate = requested, requested_estimate
     plan, seconds = _apply_time_budget(plan, request, time_model, time_budget_s, notes)
+    plan = replace(plan, policy=policy)
     decision = PlanDecision(
         plan=plan, estimate=replace(estimate, free_bytes=free_bytes), requested=requested,
         requested_peak_bytes=requested_estimate.peak_bytes, free_bytes=free_bytes, budget_bytes=budget,

@@ -4,7 +4,8 @@ The parent plans what the video looks like against the tightest listed device; a
 device and asks the pack's planner (`memory.planner.plan_run`) again, with the resolution floor pinned to the
 parent's size and no time budget, so only quality-neutral levers can change (cfg_batch, ff_chunk, UNet weight
 streaming, idle models off the device). A rank with room to spare drops the slowing levers; one with less takes
-more; one that cannot fit the size even with every lever refuses before the first collective.
+more; one that cannot fit the size even with every lever refuses before the first collective. Under the parent's
+policy: strict keeps the parent's levers and refuses where they do not fit; off runs them unchecked.
 """
 
 from __future__ import annotations
@@ -95,16 +96,25 @@ def plan_rank(parent: ExecutionPlan, rank: int, device: str, free_bytes: int,
 
     Raises RankWontFitError (naming the rank, the device, the bytes needed and free) when nothing fits.
     """
+    if parent.policy == "off":  # the user asked for no checks: the parent's levers as they are
+        return parent, _rank_plan(parent, rank, device, free_bytes,
+                                  RankStagesEstimator(estimator).estimate(parent).peak_bytes)
     try:
-        decision = plan_run(rank_request(parent), free_bytes, RankStagesEstimator(estimator), policy="auto")
+        # strict: the parent's levers or a refusal; auto: this device's own quality-neutral levers
+        decision = plan_run(rank_request(parent), free_bytes, RankStagesEstimator(estimator),
+                            policy=parent.policy)
     except MemoryPlanError as error:
         refused = getattr(error, "decision", None)
         raise _wont_fit(parent, rank, device, free_bytes, refused) from error
     chosen = decision.plan
-    plan = replace(parent, **{name: getattr(chosen, name) for name in RANK_LEVER_FIELDS},
-                   levers_applied=chosen.levers_applied)
-    return plan, RankPlan(
-        rank=rank, device=device, free_bytes=free_bytes, predicted_peak_bytes=decision.estimate.peak_bytes,
+    plan = parent if parent.policy == "strict" else replace(
+        parent, **{name: getattr(chosen, name) for name in RANK_LEVER_FIELDS}, levers_applied=chosen.levers_applied)
+    return plan, _rank_plan(plan, rank, device, free_bytes, decision.estimate.peak_bytes)
+
+
+def _rank_plan(plan: ExecutionPlan, rank: int, device: str, free_bytes: int, peak_bytes: int) -> RankPlan:
+    return RankPlan(
+        rank=rank, device=device, free_bytes=free_bytes, predicted_peak_bytes=peak_bytes,
         cfg_batch=plan.cfg_batch, ff_chunk=plan.ff_chunk, unet_weight_offload=plan.unet_weight_offload,
         offload_idle_models=plan.offload_idle_models, levers_applied=plan.levers_applied,
     )
@@ -112,6 +122,8 @@ def plan_rank(parent: ExecutionPlan, rank: int, device: str, free_bytes: int,
 
 def _wont_fit(parent: ExecutionPlan, rank: int, device: str, free_bytes: int, refused: Any) -> RankWontFitError:
     levers = ", ".join(refused.plan.levers_applied) if refused is not None else "every lever"
+    if parent.policy == "strict":
+        levers = "the run's own levers (memory policy strict changes none)"
     peak = refused.estimate.peak_bytes if refused is not None else 0
     margin = refused.safety_margin if refused is not None else 0.0
     needed = peak / (1.0 - margin)
@@ -122,5 +134,7 @@ def _wont_fit(parent: ExecutionPlan, rank: int, device: str, free_bytes: int, re
                  f"({free_bytes} bytes) free"),
         expected="every listed device to hold the UNet at the size the run was planned for",
         fix=(f"free memory on {device} (another process may hold it), raise its SONIC_GUARD_FREE_MEMORY_BYTES "
-             f"entry (e.g. {device}=8GiB), remove {device} from devices, or lower min_resolution"),
+             f"entry (e.g. {device}=8GiB), remove {device} from devices, or lower min_resolution"
+             + ("; or set the memory policy to 'auto' so this device may take memory levers"
+                if parent.policy == "strict" else "")),
     )
