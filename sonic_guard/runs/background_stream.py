@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 import torch
 
 from ..telemetry.stage_observer import StageObserver
+from ..video.background_writer import drain_queue
 from .guarded_run import STAGE_ATTRIBUTE
 from .runtime import StageSwitcher, staged
 
@@ -70,9 +71,9 @@ class BackgroundStream(Generic[T]):
         """Stop the producer (it finishes the item it is on), drop queued items and wait for the thread."""
         self._stopping.set()
         while self._thread.is_alive():
-            self._drain()
+            drain_queue(self._queue)
             self._thread.join(timeout=_POLL_S)
-        self._drain()
+        drain_queue(self._queue)
 
     def _produce(self) -> None:
         switcher = StageSwitcher(self._observer)
@@ -106,12 +107,6 @@ class BackgroundStream(Generic[T]):
                 continue
         return False
 
-    def _drain(self) -> None:
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                return
 
 
 def _side_stream(device: torch.device) -> torch.cuda.Stream | None:

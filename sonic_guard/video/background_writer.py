@@ -108,11 +108,7 @@ class BackgroundVideoWriter(ClosedOrAborted):
         self._thread.join()
 
     def _drain(self) -> None:
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                return
+        drain_queue(self._queue)
 
     def _raise_worker_error(self) -> None:
         if self._error is not None:  # the file is removed; every later call raises the same error
@@ -121,3 +117,12 @@ class BackgroundVideoWriter(ClosedOrAborted):
 
     def _stage(self) -> Any:
         return self._observer.stage("encode") if self._observer is not None else nullcontext()
+
+
+def drain_queue(items: queue.Queue[Any]) -> None:
+    """Drop whatever is queued (a stopped worker's or consumer's leftovers), without blocking."""
+    while True:
+        try:
+            items.get_nowait()
+        except queue.Empty:
+            return
