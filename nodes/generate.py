@@ -107,9 +107,10 @@ class Generate(io.ComfyNode):
                 io.Boolean.Input("compile_unet", default=False, optional=True,
                                  tooltip="Run the UNet through torch.compile for faster sampling. The first run "
                                  "of a size compiles first (minutes on a GPU, the time is in the report); the "
-                                 "result is cached beside the run history for later runs. Needs a C++ compiler "
-                                 "(and Triton on a GPU); without one the run goes on uncompiled. Skipped when "
-                                 "the memory plan streams UNet weights. Output changes by float32 noise only."),
+                                 "result is cached on disk, so later runs and restarts skip most of that. Needs a "
+                                 "C++ compiler (and Triton on a GPU); without one the run goes on uncompiled. "
+                                 "Skipped when the memory plan streams UNet weights. Output changes by float32 "
+                                 "noise only."),
             ],
             outputs=[
                 io.Video.Output("video", display_name="video", tooltip="The mp4 with audio (ComfyUI VIDEO)."),
