@@ -132,7 +132,8 @@ class CompiledUNetForward(nn.Module):
             logger.warning("torch.compile of the UNet failed; sampling goes on without it", exc_info=True)
             self._compiled = None
             self.outcome.status = "failed"
-            self.outcome.problems.append(f"{type(error).__name__}: {_first_line(error)}")
+            cause = getattr(error, "inner_exception", None) or error.__cause__ or error  # dynamo wraps the cause
+            self.outcome.problems.append(f"{type(cause).__name__}: {_first_line(cause)}")
         return self.unet(*args, **kwargs)
 
 
