@@ -193,12 +193,16 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
     plan = decision.plan
     adjustments: list[dict[str, Any]] = []
     rank_plans: list[dict[str, Any]] = []
+    compile_notes: list[str] = []
 
     def on_adjustment(kind: str, details: dict[str, Any]) -> None:
         """Evictions and in-stage downgrades (decode chunk halving): into the report and the editor's toasts;
         a multi-device rank's own plan (`rank_plan.RankPlan.to_plain`): into the report and its notes."""
         if kind == "rank_plan":
             rank_plans.append(details)
+            return
+        if kind == "unet_compile":  # an opt-in speed lever's outcome: a line in the report, not a downgrade toast
+            compile_notes.append(str(details["note"]))
             return
         adjustments.append({"kind": kind, **details})
         logger.info("run adjusted: %s", details.get("lever", kind))
@@ -220,7 +224,9 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
         env.on_event("planned", {"width": plan.width, "height": plan.height, "inference_steps": plan.inference_steps})
         run_settings = replace(settings, min_resolution=plan.min_resolution, inference_steps=plan.inference_steps,
                                dynamic_scale=plan.dynamic_scale)
-        hooks = replace(env.hooks, observer=tracker, on_adjustment=on_adjustment)
+        # compiled UNet artifacts beside the run history unless the host chose a folder
+        cache_dir = env.hooks.compile_cache_dir or (env.history.path.parent if env.history is not None else None)
+        hooks = replace(env.hooks, observer=tracker, on_adjustment=on_adjustment, compile_cache_dir=cache_dir)
         estimate = decision.estimate if plan == decision.plan else env.estimator.estimate(plan)
         placer = env.placer_for(plan, estimate, on_adjustment) if env.placer_for else None
         _reset_peak(env.device)
@@ -251,6 +257,7 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
     result = outcome.result
     report = build_report(decision, outcome.plan, outcome.retries, result, room, env.device, job, started,
                           adjustments)
+    report["notes"].extend(compile_notes)
     if settings.device_list:
         add_rank_plans(report, device_free, rank_plans)
     if env.history is not None:

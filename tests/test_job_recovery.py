@@ -193,3 +193,25 @@ def test_oom_inside_decode_halves_the_chunk_and_is_reported(models, short_speech
     assert adjustment["lever"] in report["levers_applied"]
     assert "oom_recovered" in events
 
+
+
+def test_the_compile_levers_outcome_is_a_report_note_not_a_recovery(models, short_speech, tmp_path: Path) -> None:
+    """compile_unet under weight streaming (planned for low free memory) is skipped: the report says so in its
+    notes, and the host hears no out-of-memory recovery (the editor's toast) for it."""
+    from dataclasses import replace as dc_replace
+
+    from sonic_guard.models.compiled_unet import STREAMING_SKIP_NOTE
+
+    env, _ = environment(models, 64 * GIB)
+    probe = run_job(models, job(tmp_path, short_speech), env).report
+    requested = ExecutionPlan(**{k: v for k, v in probe["plan"].items() if k not in ("levers_applied", "downgrades")})
+    levered = dc_replace(requested, cfg_batch=1, ff_chunk=4, decode_chunk=1, offload_idle_models=True,
+                         unet_weight_offload=True, overlap_decode=False)
+    env, events = environment(models, int(env.estimator.estimate(levered).peak_bytes / 0.9) + 64)
+    report = run_job(models, job(tmp_path, short_speech, compile_unet=True), env).report
+    unstreamed = dc_replace(levered, unet_weight_offload=False)
+    assert env.estimator.estimate(unstreamed).peak_bytes > env.estimator.estimate(levered).peak_bytes + 64 / 0.9
+    assert report["plan"]["unet_weight_offload"], "the test needs a plan that streams the UNet's weights"
+    assert STREAMING_SKIP_NOTE in report["notes"]
+    assert "oom_recovered" not in events
+    assert not [a for a in report.get("adjustments", []) if a.get("kind") == "unet_compile"]

@@ -28,6 +28,7 @@ from ..conditioning.reference_image import PreparedReference
 from ..inputs.audio_loading import LoadedAudio
 from ..memory.plan import ExecutionPlan
 from ..models.checkpoints import SonicModelSet
+from ..models.compiled_unet import compiled_unet
 from ..sampling.denoiser import ClipConditioning, compute_frame_buckets, make_denoise_window
 from ..sampling.multi_device.launcher import DEFAULT_TIMEOUT_S, default_threads_per_rank, sample_on_devices
 from ..sampling.multi_device.payload import RankJob
@@ -198,15 +199,12 @@ def sample_clip(
                 anchor_latents=anchor_latents, devices=settings.device_list,
                 threads_per_rank=default_threads_per_rank(len(settings.device_list)), timeout_s=DEFAULT_TIMEOUT_S,
             ), on_window, on_rank_plan=lambda rank_plan: hooks.on_adjustment("rank_plan", rank_plan.to_plain()))
-    from ..models.compiled_unet import compiled_unet  # imported here: this function is compile_unet's one hunk
-
     with hooks.observer.stage("sampling"), placer.place("unet", models.unet), placer.place(
         "audio_token_projector", models.audio_token_projector
     ):
         models.unet.set_feed_forward_chunking(plan.ff_chunk)
         models.unet.ip_audio_scale = settings.ip_audio_scale
-        # compile_unet: the artifacts live beside the run history when the host names that folder
-        compiling = compiled_unet(models.unet, device, getattr(hooks, "compile_cache_dir", None),
+        compiling = compiled_unet(models.unet, device, hooks.compile_cache_dir,
                                   weight_streaming=plan.unet_weight_offload) if settings.compile_unet else None
         with compiling or contextlib.nullcontext() as compiled:
             denoise = make_denoise_window(

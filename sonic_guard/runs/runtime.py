@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -77,6 +78,8 @@ class RunHooks:
     check_cancel: Callable[[], None] = lambda: None
     observer: StageObserver = field(default_factory=lambda: StageClock())
     on_adjustment: OnAdjustment = lambda kind, details: None
+    # where compile_unet keeps its compiled artifacts (the run history's folder); None: inductor's own cache only
+    compile_cache_dir: Path | None = None
 
 
 class StageSwitcher:
