@@ -194,6 +194,8 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
     adjustments: list[dict[str, Any]] = []
     rank_plans: list[dict[str, Any]] = []
     compile_notes: list[str] = []
+    # compiled UNet artifacts beside the run history unless the host chose a folder
+    compile_cache_dir = env.hooks.compile_cache_dir or (env.history.path.parent if env.history is not None else None)
 
     def on_adjustment(kind: str, details: dict[str, Any]) -> None:
         """Evictions and in-stage downgrades (decode chunk halving): into the report and the editor's toasts;
@@ -224,9 +226,7 @@ def run_job(models: SonicModelSet, job: JobRequest, env: JobEnvironment) -> JobO
         env.on_event("planned", {"width": plan.width, "height": plan.height, "inference_steps": plan.inference_steps})
         run_settings = replace(settings, min_resolution=plan.min_resolution, inference_steps=plan.inference_steps,
                                dynamic_scale=plan.dynamic_scale)
-        # compiled UNet artifacts beside the run history unless the host chose a folder
-        cache_dir = env.hooks.compile_cache_dir or (env.history.path.parent if env.history is not None else None)
-        hooks = replace(env.hooks, observer=tracker, on_adjustment=on_adjustment, compile_cache_dir=cache_dir)
+        hooks = replace(env.hooks, observer=tracker, on_adjustment=on_adjustment, compile_cache_dir=compile_cache_dir)
         estimate = decision.estimate if plan == decision.plan else env.estimator.estimate(plan)
         placer = env.placer_for(plan, estimate, on_adjustment) if env.placer_for else None
         _reset_peak(env.device)

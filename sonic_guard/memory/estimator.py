@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING
 from ..models.configs import ModelConfigs
 from .estimate_cache import EstimateCache, estimate_scope
 from .fitted_corrections import AllocatorCalibration, default_calibration
-from .plan import FIXED_MODEL_DTYPES, O_TOKENS_BACKENDS, ExecutionPlan, MemoryEstimate, StageEstimate
+from .plan import (
+    FIXED_MODEL_DTYPES,
+    O_TOKENS_BACKENDS,
+    OVERLAPPED_STAGE,
+    ExecutionPlan,
+    MemoryEstimate,
+    StageEstimate,
+)
 
 if TYPE_CHECKING:
     from .meta_models import MetaModels
@@ -41,8 +48,6 @@ STAGE_MODELS: dict[str, tuple[str, ...]] = {
     "vae_decode": ("vae",),
     "interpolate": ("rife",),
 }
-# Not simulated on its own: composed from vae_decode and interpolate when they overlap (`plan.overlap_decode`).
-OVERLAPPED_STAGE = "decode_interpolate"
 # The models each stage of an estimate uses (the composed stage included).
 STAGE_USES: dict[str, tuple[str, ...]] = {
     **STAGE_MODELS, OVERLAPPED_STAGE: STAGE_MODELS["vae_decode"] + STAGE_MODELS["interpolate"]}

@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .plan import O_TOKENS_BACKENDS, ExecutionPlan
+from .plan import O_TOKENS_BACKENDS, OVERLAPPED_STAGE, ExecutionPlan
 
-# "decode_interpolate": decode and interpolation running at once (`ExecutionPlan.overlap_decode`).
-DECODE_STAGES = frozenset({"vae_decode", "decode_interpolate"})
+DECODE_STAGES = frozenset({"vae_decode", OVERLAPPED_STAGE})
 ALL_STAGES = frozenset({"face_detect", "clip_encode", "audio_features", "vae_encode", "unet_window", "interpolate",
                         *DECODE_STAGES})
 FF_CHUNK_RUNGS = (4,)  # more pieces cost time and gained < 1 % in simulation at 512-1024 px

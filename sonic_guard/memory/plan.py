@@ -16,6 +16,9 @@ O_TOKENS_BACKENDS = frozenset({"flash", "mem_efficient"})
 # Models whose dtype is not the plan's: the official code keeps whisper in fp32; RIFE runs on fp32 frames.
 FIXED_MODEL_DTYPES = {"whisper": "float32", "rife": "float32"}
 SIZE_STEP = 64
+# The estimate's stage for decode and interpolation running at once (`ExecutionPlan.overlap_decode`): composed by
+# the estimator from the two simulated stages, aimed at by the levers that lower it.
+OVERLAPPED_STAGE = "decode_interpolate"
 # auto: the planner may change levers and size; strict: the requested plan or a refusal; off: no check at all.
 POLICIES = ("auto", "strict", "off")
 WINDOW_FRAMES = 25
